@@ -1,0 +1,184 @@
+//! The paper's periodic work: stabilize, notify, fix_fingers, check_predecessor; and
+//! join and graceful leave. Each is a step function that tests can call directly; `run`
+//! drives them on timers until the node shuts down.
+
+use super::node::Node;
+use crate::id::ID_BITS;
+use crate::net::RpcError;
+use crate::proto::{Peer, Request, Response};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Node {
+    /// Joins the ring through any live member.
+    pub async fn join(&self, via: &str) -> Result<(), RpcError> {
+        let timeout = self.cfg.rpc_timeout;
+        let mut cur_addr = via.to_string();
+        let mut avoid = Vec::new();
+        for _ in 0..super::node::MAX_LOOKUP_HOPS {
+            let resp = self
+                .net
+                .call(&cur_addr, Request::FindSuccessor { key: self.me.id, avoid: avoid.clone() }, timeout)
+                .await?;
+            match resp {
+                Response::Found { successors, .. } => {
+                    let list: Vec<Peer> = successors.into_iter().filter(|p| p.id != self.me.id).collect();
+                    if let Some(first) = list.first().cloned() {
+                        self.routing.write().expect("routing lock").set_successors(first, &list[1..]);
+                    }
+                    self.stabilize().await;
+                    return Ok(());
+                }
+                Response::Next { peer } if peer.id == self.me.id => avoid.push(self.me.id),
+                Response::Next { peer } => cur_addr = peer.addr,
+                other => return Err(RpcError::unexpected(&cur_addr, &other)),
+            }
+        }
+        Err(RpcError::Unexpected { addr: via.to_string(), detail: "join lookup did not converge".into() })
+    }
+
+    /// Ask the successor for its predecessor, adopt it if it sits between us, refresh the
+    /// successor list from the successor's, and notify it. A dead successor is dropped
+    /// and the next one in the list takes its place.
+    pub async fn stabilize(&self) {
+        for _ in 0..self.cfg.successor_list_len.max(1) + 1 {
+            let succ = self.routing.read().expect("routing lock").successor().clone();
+            if succ.id == self.me.id {
+                // Alone, or everyone after us has died: a known predecessor closes the loop.
+                let pred = self.routing.read().expect("routing lock").predecessor.clone();
+                if let Some(p) = pred {
+                    self.routing.write().expect("routing lock").set_successors(p, &[]);
+                    continue;
+                }
+                return;
+            }
+            match self.call(&succ, Request::GetState).await {
+                Ok(Response::State(st)) => {
+                    let mut first = succ.clone();
+                    let mut tail = st.successors.clone();
+                    if let Some(x) = st.predecessor.as_ref() {
+                        if x.id != self.me.id && x.id.in_open(&self.me.id, &succ.id) {
+                            // A closer successor: check it answers before adopting it.
+                            if let Ok(Response::State(xs)) = self.call(x, Request::GetState).await {
+                                first = x.clone();
+                                tail = xs.successors;
+                            }
+                        }
+                    }
+                    self.routing.write().expect("routing lock").set_successors(first.clone(), &tail);
+                    let _ = self.call(&first, Request::Notify { candidate: self.me.clone() }).await;
+                    return;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::info!("successor {} unreachable; dropping it", succ.addr);
+                    self.routing.write().expect("routing lock").remove(&succ.id);
+                }
+            }
+        }
+    }
+
+    /// Refreshes every finger, skipping the ones the same peer covers.
+    pub async fn fix_fingers(&self) {
+        let mut i = 0;
+        while i < ID_BITS {
+            let start = self.me.id.add_pow2(i);
+            match self.lookup(&start, false).await {
+                Ok((_, successors, _)) => {
+                    i = self.routing.write().expect("routing lock").set_finger(i, successors[0].clone());
+                }
+                Err(_) => i += 1,
+            }
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Clears the predecessor when it no longer answers, so a live node can take its place.
+    pub async fn check_predecessor(&self) {
+        let pred = self.routing.read().expect("routing lock").predecessor.clone();
+        if let Some(p) = pred {
+            match self.call(&p, Request::Ping).await {
+                Ok(Response::Pong { .. }) => {}
+                _ => {
+                    tracing::info!("predecessor {} unreachable; clearing it", p.addr);
+                    let mut r = self.routing.write().expect("routing lock");
+                    if r.predecessor.as_ref().is_some_and(|q| q.id == p.id) {
+                        r.predecessor = None;
+                    }
+                    for f in r.fingers.iter_mut() {
+                        if f.as_ref().is_some_and(|q| q.id == p.id) {
+                            *f = None;
+                        }
+                    }
+                    drop(r);
+                    self.repair_wake.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Graceful leave: close the ring around this node, then hand every key to the nodes
+    /// that hold it once this one is gone, verified, before returning.
+    pub async fn leave(&self) {
+        self.leaving.store(true, std::sync::atomic::Ordering::Release);
+        let r = self.snapshot();
+        let msg = Request::Leave {
+            peer: self.me.clone(),
+            predecessor: r.predecessor.clone(),
+            successors: r.successors.clone(),
+        };
+        if let Some(p) = &r.predecessor {
+            let _ = self.call(p, msg.clone()).await;
+        }
+        if r.successor().id != self.me.id {
+            let _ = self.call(r.successor(), msg).await;
+        }
+        for attempt in 0..5 {
+            match self.repair_pass(true).await {
+                Ok(left) if left == 0 => break,
+                Ok(left) => tracing::warn!("leave: {left} keys not yet handed over (attempt {attempt})"),
+                Err(e) => tracing::warn!("leave: hand-over failed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Runs the periodic work until shutdown.
+    pub async fn run_maintenance(self: Arc<Self>) {
+        let mut stabilize = tokio::time::interval(self.cfg.stabilize_every);
+        let mut fingers = tokio::time::interval(self.cfg.fix_fingers_every);
+        let mut check = tokio::time::interval(self.cfg.check_predecessor_every);
+        for t in [&mut stabilize, &mut fingers, &mut check] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = stabilize.tick() => self.stabilize().await,
+                _ = fingers.tick() => self.fix_fingers().await,
+                _ = check.tick() => self.check_predecessor().await,
+            }
+        }
+    }
+
+    /// Runs repair passes on a timer, or sooner when membership changes.
+    pub async fn run_repair(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.repair_every) => {}
+                _ = self.repair_wake.notified() => {
+                    // Let stabilization settle the new neighbours first.
+                    tokio::time::sleep(self.cfg.stabilize_every * 2).await;
+                }
+            }
+            if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            if let Err(e) = self.repair_pass(false).await {
+                tracing::warn!("repair pass failed: {e}");
+            }
+        }
+    }
+}

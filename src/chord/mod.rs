@@ -1,0 +1,10 @@
+//! The Chord peer: routing table (pure), the node that answers RPCs, the maintenance
+//! loops of the paper, and repair (anti-entropy) that keeps R copies of every key.
+
+pub mod maintenance;
+pub mod node;
+pub mod repair;
+pub mod routing;
+
+pub use node::{Node, NodeConfig};
+pub use routing::{Routing, Step};

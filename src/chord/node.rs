@@ -1,0 +1,403 @@
+//! A ring member: its routing table, its store, and the answers to every request.
+
+use super::repair::RepairStatus;
+use super::routing::{Routing, Step};
+use crate::id::Id;
+use crate::net::{RpcError, Transport};
+use crate::proto::{ErrorKind, NodeState, NodeStats, Peer, Record, Request, Response};
+use crate::store::{self, Store};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Longest lookup path before giving up (a converged ring of a million nodes needs ~20).
+pub const MAX_LOOKUP_HOPS: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The address peers reach this node at.
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub replicas: usize,
+    pub successor_list_len: usize,
+    pub stabilize_every: Duration,
+    pub fix_fingers_every: Duration,
+    pub check_predecessor_every: Duration,
+    pub repair_every: Duration,
+    pub rpc_timeout: Duration,
+    /// Repair's bandwidth cap, so foreground I/O keeps going while data moves.
+    pub repair_bytes_per_sec: u64,
+}
+
+impl NodeConfig {
+    pub fn new(addr: String, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            addr,
+            data_dir,
+            replicas: 3,
+            successor_list_len: 8,
+            stabilize_every: Duration::from_millis(500),
+            fix_fingers_every: Duration::from_millis(1000),
+            check_predecessor_every: Duration::from_millis(1000),
+            repair_every: Duration::from_secs(5),
+            rpc_timeout: Duration::from_millis(crate::net::RPC_TIMEOUT_MS),
+            repair_bytes_per_sec: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters for the metrics page.
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub chunk_puts: AtomicU64,
+    pub chunk_gets: AtomicU64,
+    pub record_puts: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub lookups: AtomicU64,
+    pub lookup_hops: AtomicU64,
+}
+
+pub struct Node {
+    pub me: Peer,
+    pub cfg: NodeConfig,
+    // Never held across an await: read as a snapshot, decided on, then acted on.
+    pub routing: RwLock<Routing>,
+    pub store: Arc<Store>,
+    pub net: Arc<dyn Transport>,
+    pub repair: Mutex<RepairStatus>,
+    pub counters: Counters,
+    /// Wakes repair early (a new predecessor, a leave).
+    pub repair_wake: Notify,
+    pub leaving: AtomicBool,
+    pub shutdown: CancellationToken,
+}
+
+/// Reads this node's id from the data dir, or makes and saves one.
+pub fn load_or_create_id(dir: &std::path::Path, addr: &str) -> std::io::Result<Id> {
+    let path = dir.join("node.id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            let nonce: [u8; 16] = rand::random();
+            let id = Id::hash(&[addr.as_bytes(), &nonce].concat());
+            let tmp = dir.join("node.id.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Node {
+    pub fn new(cfg: NodeConfig, id: Id, store: Arc<Store>, net: Arc<dyn Transport>) -> Arc<Node> {
+        let me = Peer { id, addr: cfg.addr.clone() };
+        let list_len = cfg.successor_list_len.max(cfg.replicas + 1);
+        Arc::new(Node {
+            routing: RwLock::new(Routing::new(me.clone(), list_len)),
+            me,
+            cfg,
+            store,
+            net,
+            repair: Mutex::new(RepairStatus::default()),
+            counters: Counters::default(),
+            repair_wake: Notify::new(),
+            leaving: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn snapshot(&self) -> Routing {
+        self.routing.read().expect("routing lock").clone()
+    }
+
+    pub fn state(&self) -> NodeState {
+        let r = self.routing.read().expect("routing lock");
+        NodeState {
+            me: self.me.clone(),
+            predecessor: r.predecessor.clone(),
+            successors: r.successors.clone(),
+            replicas: self.cfg.replicas as u32,
+        }
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        let (chunks, records, bytes) = self.store.counts();
+        let (disk_total, disk_free) = store::disk_space(self.store.dir());
+        NodeStats { chunks, records, bytes, disk_total, disk_free }
+    }
+
+    pub async fn call(&self, peer: &Peer, req: Request) -> Result<Response, RpcError> {
+        self.net.call(&peer.addr, req, self.cfg.rpc_timeout).await
+    }
+
+    /// Iterative lookup, starting from this node's own table. Peers that fail to answer
+    /// are avoided and the lookup backs up, so it stays right while the ring settles.
+    /// With `avoid_self`, this node is treated as gone (a graceful leave).
+    pub async fn lookup(&self, key: &Id, avoid_self: bool) -> Result<(Peer, Vec<Peer>, u32), RpcError> {
+        let mut avoid: Vec<Id> = if avoid_self { vec![self.me.id] } else { vec![] };
+        let mut path: Vec<Peer> = Vec::new();
+        let mut hops = 0u32;
+        for _ in 0..MAX_LOOKUP_HOPS * 2 {
+            let step = match path.last() {
+                None => self.routing.read().expect("routing lock").step(key, &avoid),
+                Some(p) => {
+                    hops += 1;
+                    match self.call(p, Request::FindSuccessor { key: *key, avoid: avoid.clone() }).await {
+                        Ok(Response::Found { from, successors }) => Step::Found { from, successors },
+                        Ok(Response::Next { peer }) => Step::Next(peer),
+                        Ok(other) => return Err(RpcError::unexpected(&p.addr, &other)),
+                        Err(e) if e.is_unreachable() => {
+                            let dead = path.pop().expect("path is not empty");
+                            avoid.push(dead.id);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            match step {
+                Step::Found { from, successors } => {
+                    let live: Vec<Peer> = successors.into_iter().filter(|p| !avoid.contains(&p.id)).collect();
+                    if live.is_empty() {
+                        return Err(RpcError::Unexpected { addr: from.addr, detail: "no live successor".into() });
+                    }
+                    self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+                    self.counters.lookup_hops.fetch_add(hops as u64, Ordering::Relaxed);
+                    return Ok((from, live, hops));
+                }
+                Step::Next(p) if p.id == self.me.id => path.clear(),
+                Step::Next(p) => {
+                    if path.len() >= MAX_LOOKUP_HOPS {
+                        break;
+                    }
+                    path.push(p)
+                }
+            }
+        }
+        Err(RpcError::Unexpected { addr: self.me.addr.clone(), detail: format!("lookup of {key:?} did not converge") })
+    }
+
+    /// True when this node is the primary for `key` as far as it knows.
+    pub fn is_primary(&self, key: &Id) -> bool {
+        let r = self.routing.read().expect("routing lock");
+        match &r.predecessor {
+            Some(p) => key.in_open_closed(&p.id, &self.me.id),
+            None => true,
+        }
+    }
+
+    /// The peers after this node that hold its replicas: up to R-1 distinct successors.
+    pub fn replica_targets(&self) -> Vec<Peer> {
+        let r = self.routing.read().expect("routing lock");
+        r.successors.iter().filter(|p| p.id != self.me.id).cloned().collect()
+    }
+
+    /// Sends `req` (built per target) to successors until `want` of them acknowledge.
+    /// Returns how many did.
+    async fn replicate(&self, want: usize, make: impl Fn() -> Request) -> usize {
+        if want == 0 {
+            return 0;
+        }
+        let targets = self.replica_targets();
+        let mut acked = 0;
+        let mut next = 0;
+        while acked < want && next < targets.len() {
+            let batch: Vec<Peer> = targets[next..(next + want - acked).min(targets.len())].to_vec();
+            next += batch.len();
+            let calls = batch.iter().map(|p| self.call(p, make()));
+            for (p, res) in batch.iter().zip(futures::future::join_all(calls).await) {
+                match res {
+                    Ok(Response::Ok) | Ok(Response::Stored { .. }) => acked += 1,
+                    Ok(other) => tracing::warn!("replica {} answered {other:?}", p.addr),
+                    Err(e) => tracing::debug!("replica {} failed: {e}", p.addr),
+                }
+            }
+        }
+        acked
+    }
+
+    /// Copies required for a write to succeed: R, or every live node when fewer.
+    fn required_copies(&self) -> usize {
+        let others = self.replica_targets().len();
+        self.cfg.replicas.min(1 + others)
+    }
+
+    async fn put_chunk(&self, key: Id, data: Bytes, replicate: bool) -> Response {
+        self.counters.chunk_puts.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.store.put_chunk(key, data.clone()).await {
+            return store_error(e);
+        }
+        if !replicate {
+            return Response::Stored { copies: 1 };
+        }
+        let required = self.required_copies();
+        let more = self
+            .replicate(required - 1, || Request::PutChunk {
+                key,
+                data: serde_bytes::ByteBuf::from(data.to_vec()),
+                replicate: false,
+            })
+            .await;
+        let copies = 1 + more;
+        if copies < required {
+            return Response::error(ErrorKind::Unavailable, format!("only {copies} of {required} copies durable"));
+        }
+        Response::Stored { copies: copies as u32 }
+    }
+
+    /// The newest copy of a record among this node and its replicas, stored here if newer.
+    async fn pull_record(&self, key: Id) -> Option<(u64, Record)> {
+        let local = self.store.get_record(key).await.ok().flatten();
+        let targets = self.replica_targets();
+        let want = self.cfg.replicas.saturating_sub(1).min(targets.len());
+        let calls = targets[..want].iter().map(|p| self.call(p, Request::GetRecord { key, pull: false }));
+        let mut best = local.clone();
+        for res in futures::future::join_all(calls).await {
+            if let Ok(Response::Record { version, record }) = res {
+                if best.as_ref().is_none_or(|(v, _)| version > *v) {
+                    best = Some((version, record));
+                }
+            }
+        }
+        if let Some((v, rec)) = &best {
+            if local.as_ref().is_none_or(|(lv, _)| v > lv) {
+                let _ = self.store.put_record_if(key, *v, rec.clone(), |cur| *v > cur).await;
+            }
+        }
+        best
+    }
+
+    async fn cas_record(&self, key: Id, expect: u64, record: Record) -> Response {
+        self.counters.record_puts.fetch_add(1, Ordering::Relaxed);
+        if !self.is_primary(&key) {
+            return Response::error(ErrorKind::WrongNode, format!("{} is not the primary of {key}", self.me.addr));
+        }
+        let held = self.store.meta(&key).map(|m| m.version).unwrap_or(0);
+        if held < expect || held == 0 {
+            // New here (a join moved the range): catch up from the replicas first.
+            self.pull_record(key).await;
+        }
+        let version = expect + 1;
+        let res = self.store.put_record_if(key, version, record.clone(), |cur| cur == expect).await;
+        match res {
+            Err(e) => store_error(e),
+            Ok((current, false)) => Response::Conflict { current },
+            Ok((_, true)) => {
+                let required = self.required_copies();
+                let more = self
+                    .replicate(required - 1, || Request::PutRecordCopy { key, version, record: record.clone() })
+                    .await;
+                if 1 + more < required {
+                    return Response::error(ErrorKind::Unavailable, format!("only {} of {required} copies durable", 1 + more));
+                }
+                Response::Stored { copies: (1 + more) as u32 }
+            }
+        }
+    }
+
+    async fn dispatch(self: Arc<Self>, req: Request) -> Response {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        match req {
+            Request::Ping => Response::Pong { id: self.me.id },
+            Request::GetState => Response::State(self.state()),
+            Request::FindSuccessor { key, avoid } => {
+                match self.routing.read().expect("routing lock").step(&key, &avoid) {
+                    Step::Found { from, successors } => Response::Found { from, successors },
+                    Step::Next(peer) => Response::Next { peer },
+                }
+            }
+            Request::Notify { candidate } => {
+                let changed = self.routing.write().expect("routing lock").notify(&candidate);
+                if changed {
+                    // A new predecessor takes over part of our range: hand it its keys.
+                    self.repair_wake.notify_one();
+                }
+                Response::Ok
+            }
+            Request::Leave { peer, predecessor, successors } => {
+                let mut r = self.routing.write().expect("routing lock");
+                if r.successor().id == peer.id {
+                    let tail: Vec<Peer> = successors.into_iter().filter(|p| p.id != peer.id).collect();
+                    r.remove(&peer.id);
+                    if let Some(first) = tail.first().cloned() {
+                        r.set_successors(first, &tail[1..]);
+                    }
+                } else if r.predecessor.as_ref().is_some_and(|p| p.id == peer.id) {
+                    r.remove(&peer.id);
+                    r.predecessor = predecessor.filter(|p| p.id != self.me.id && p.id != peer.id);
+                } else {
+                    r.remove(&peer.id);
+                }
+                drop(r);
+                self.repair_wake.notify_one();
+                Response::Ok
+            }
+            Request::PutChunk { key, data, replicate } => {
+                if self.leaving.load(Ordering::Acquire) && replicate {
+                    return Response::error(ErrorKind::ShuttingDown, "node is leaving");
+                }
+                self.put_chunk(key, Bytes::from(data.into_vec()), replicate).await
+            }
+            Request::GetChunk { key } => {
+                self.counters.chunk_gets.fetch_add(1, Ordering::Relaxed);
+                match self.store.get_chunk(key).await {
+                    Ok(Some(d)) => Response::Chunk(serde_bytes::ByteBuf::from(d.to_vec())),
+                    Ok(None) => Response::NotFound,
+                    Err(e) => store_error(e),
+                }
+            }
+            Request::CasRecord { key, expect, record } => {
+                if self.leaving.load(Ordering::Acquire) {
+                    return Response::error(ErrorKind::ShuttingDown, "node is leaving");
+                }
+                self.cas_record(key, expect, record).await
+            }
+            Request::PutRecordCopy { key, version, record } => {
+                match self.store.put_record_if(key, version, record, |cur| version > cur).await {
+                    Ok(_) => Response::Ok,
+                    Err(e) => store_error(e),
+                }
+            }
+            Request::GetRecord { key, pull } => {
+                let rec = if pull && self.is_primary(&key) {
+                    self.pull_record(key).await
+                } else {
+                    match self.store.get_record(key).await {
+                        Ok(r) => r,
+                        Err(e) => return store_error(e),
+                    }
+                };
+                match rec {
+                    Some((version, record)) => Response::Record { version, record },
+                    None => Response::NotFound,
+                }
+            }
+            Request::HaveKeys { keys } => {
+                Response::Versions(keys.iter().map(|k| self.store.meta(k).map(|m| m.version)).collect())
+            }
+            Request::Stats => Response::Stats(self.stats()),
+        }
+    }
+}
+
+fn store_error(e: store::StoreError) -> Response {
+    match e {
+        store::StoreError::HashMismatch { .. } => Response::error(ErrorKind::HashMismatch, e.to_string()),
+        _ => Response::error(ErrorKind::Storage, e.to_string()),
+    }
+}
+
+impl crate::net::Handler for Node {
+    fn handle(self: Arc<Self>, req: Request) -> BoxFuture<'static, Response> {
+        Box::pin(self.dispatch(req))
+    }
+}

@@ -1,0 +1,236 @@
+//! Repair (anti-entropy): every node walks the keys it holds, finds each key's rightful
+//! holders (its successor and the next R-1 nodes), gives them any copy they lack or hold
+//! older, and drops its own copy only once every rightful holder has confirmed one.
+//!
+//! The same pass serves every membership change: a join (the successor hands the new node
+//! its range), a failure (survivors restore R copies), and a graceful leave (run with
+//! `leaving`, it hands off every key). Copy, verify, then drop: a key is never without a
+//! readable copy while it moves.
+
+use super::node::Node;
+use crate::id::Id;
+use crate::net::RpcError;
+use crate::proto::{Peer, Request, Response, KEYS_MAX};
+use crate::store::{EntryKind, Meta};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// What repair is doing, for the sidecar.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairStatus {
+    pub running: bool,
+    pub passes: u64,
+    /// Keys to check in the current (or last) pass, and how many are done.
+    pub keys_total: u64,
+    pub keys_checked: u64,
+    /// Since start: copies given to other nodes, their bytes, and keys dropped here after
+    /// their rightful holders confirmed them.
+    pub keys_pushed: u64,
+    pub bytes_pushed: u64,
+    pub keys_dropped: u64,
+    /// Keys that the last pass could not bring to R copies.
+    pub under_replicated: u64,
+    pub last_pass_ms: u64,
+    pub last_error: Option<String>,
+}
+
+impl RepairStatus {
+    /// Fraction of the current pass done, 1.0 when idle.
+    pub fn progress(&self) -> f64 {
+        if !self.running || self.keys_total == 0 {
+            1.0
+        } else {
+            self.keys_checked as f64 / self.keys_total as f64
+        }
+    }
+}
+
+/// Caps repair's bandwidth: after each push, sleeps long enough to stay under the rate.
+struct Throttle {
+    start: Instant,
+    bytes: u64,
+    rate: u64,
+}
+
+impl Throttle {
+    async fn account(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        if self.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        let spent = self.start.elapsed();
+        if due > spent {
+            tokio::time::sleep(due - spent).await;
+        }
+    }
+}
+
+impl Node {
+    fn update_repair(&self, f: impl FnOnce(&mut RepairStatus)) {
+        f(&mut self.repair.lock().expect("repair lock"));
+    }
+
+    /// One pass over every key held here. Returns how many keys could not be settled
+    /// (a rightful holder unreachable, or still to be handed off when leaving).
+    pub async fn repair_pass(&self, leaving: bool) -> Result<usize, RpcError> {
+        let started = Instant::now();
+        let keys = self.store.keys();
+        self.update_repair(|s| {
+            s.running = true;
+            s.keys_total = keys.len() as u64;
+            s.keys_checked = 0;
+        });
+        let mut throttle = Throttle { start: Instant::now(), bytes: 0, rate: self.cfg.repair_bytes_per_sec };
+        let mut unsettled = 0usize;
+        let mut under = 0u64;
+        let mut i = 0;
+        let result = loop {
+            if i >= keys.len() {
+                break Ok(());
+            }
+            if self.shutdown.is_cancelled() && !leaving {
+                break Ok(());
+            }
+            let (from, successors, _) = match self.lookup(&keys[i].0, leaving).await {
+                Ok(found) => found,
+                Err(e) => break Err(e),
+            };
+            let owner = successors[0].id;
+            let mut j = i + 1;
+            while j < keys.len() && keys[j].0.in_open_closed(&from.id, &owner) {
+                j += 1;
+            }
+            let mut holders: Vec<Peer> = Vec::new();
+            for p in successors {
+                if holders.len() < self.cfg.replicas && !holders.iter().any(|h| h.id == p.id) {
+                    holders.push(p);
+                }
+            }
+            let (left, short) = self.repair_group(&keys[i..j], &holders, leaving, &mut throttle).await;
+            unsettled += left;
+            under += short;
+            let done = j as u64;
+            self.update_repair(|s| s.keys_checked = done);
+            i = j;
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        self.update_repair(|s| {
+            s.running = false;
+            s.passes += 1;
+            s.last_pass_ms = ms;
+            s.under_replicated = under;
+            s.last_error = result.as_ref().err().map(|e| e.to_string());
+        });
+        result.map(|()| unsettled)
+    }
+
+    /// Brings `holders` up to date on `group` (keys sharing one owner), and drops this
+    /// node's copies that it should no longer hold. Returns (unsettled, under-replicated).
+    async fn repair_group(
+        &self,
+        group: &[(Id, Meta)],
+        holders: &[Peer],
+        leaving: bool,
+        throttle: &mut Throttle,
+    ) -> (usize, u64) {
+        let keep_here = !leaving && holders.iter().any(|p| p.id == self.me.id);
+        let others: Vec<&Peer> = holders.iter().filter(|p| p.id != self.me.id).collect();
+        // confirmed[k] = how many other rightful holders have key k at our version or newer.
+        let mut confirmed = vec![0usize; group.len()];
+        for peer in &others {
+            for (batch_no, batch) in group.chunks(KEYS_MAX / 4).enumerate() {
+                let base = batch_no * (KEYS_MAX / 4);
+                let keys: Vec<Id> = batch.iter().map(|(k, _)| *k).collect();
+                let versions = match self.call(peer, Request::HaveKeys { keys }).await {
+                    Ok(Response::Versions(v)) if v.len() == batch.len() => v,
+                    _ => continue,
+                };
+                for (n, ((key, meta), theirs)) in batch.iter().zip(versions).enumerate() {
+                    let ok = match theirs {
+                        Some(v) if v >= meta.version => true,
+                        _ => self.push(peer, key, meta, throttle).await,
+                    };
+                    if ok {
+                        confirmed[base + n] += 1;
+                    }
+                }
+            }
+        }
+        let mut unsettled = 0;
+        let mut under = 0;
+        let needed = others.len();
+        for ((key, _), c) in group.iter().zip(confirmed) {
+            let copies = c + usize::from(keep_here);
+            if copies < self.cfg.replicas.min(holders.len()) {
+                under += 1;
+            }
+            if keep_here {
+                continue;
+            }
+            if c >= needed && needed > 0 {
+                if self.store.delete(key).is_ok() {
+                    self.update_repair(|s| s.keys_dropped += 1);
+                }
+            } else {
+                unsettled += 1;
+            }
+        }
+        (unsettled, under)
+    }
+
+    /// Gives `peer` this node's copy of `key`. False when it could not.
+    async fn push(&self, peer: &Peer, key: &Id, meta: &Meta, throttle: &mut Throttle) -> bool {
+        let req = match meta.kind {
+            EntryKind::Chunk => match self.store.get_chunk(*key).await {
+                Ok(Some(data)) => Request::PutChunk {
+                    key: *key,
+                    data: serde_bytes::ByteBuf::from(data.to_vec()),
+                    replicate: false,
+                },
+                _ => return false,
+            },
+            EntryKind::Record => match self.store.get_record(*key).await {
+                Ok(Some((version, record))) => Request::PutRecordCopy { key: *key, version, record },
+                _ => return false,
+            },
+        };
+        match self.call(peer, req).await {
+            Ok(Response::Ok) | Ok(Response::Stored { .. }) => {
+                self.update_repair(|s| {
+                    s.keys_pushed += 1;
+                    s.bytes_pushed += meta.size;
+                });
+                throttle.account(meta.size).await;
+                true
+            }
+            Ok(other) => {
+                tracing::warn!("repair push of {} to {} answered {other:?}", key.short(), peer.addr);
+                false
+            }
+            Err(e) => {
+                tracing::debug!("repair push of {} to {} failed: {e}", key.short(), peer.addr);
+                false
+            }
+        }
+    }
+
+    /// Keys held here and this node's role for each: primary when the key falls in this
+    /// node's own range, replica otherwise. Uses only the local table, so it is cheap.
+    pub fn roles(&self) -> Vec<(Id, Meta, &'static str)> {
+        let r = self.snapshot();
+        let pred = r.predecessor.clone();
+        self.store
+            .keys()
+            .into_iter()
+            .map(|(k, m)| {
+                let role = match &pred {
+                    Some(p) if k.in_open_closed(&p.id, &self.me.id) => "primary",
+                    None => "primary",
+                    Some(_) => "replica",
+                };
+                (k, m, role)
+            })
+            .collect()
+    }
+}

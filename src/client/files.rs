@@ -1,0 +1,221 @@
+//! Whole-file streams for the CLI, and chunk reads for the mount: a file is its chunk
+//! list; all-zero chunks are holes (`Id::ZERO`) and take no space.
+//!
+//! Uploads and downloads keep at most `parallel_chunks` chunks in flight, so memory is
+//! bounded by a few chunks whatever the file size.
+
+use super::tree::InodeRef;
+use super::{Client, ClientError, Result};
+use crate::id::Id;
+use crate::proto::{Inode, Kind, Timespec};
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Called with the bytes moved since the last call.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+async fn read_full<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let got = r.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(n)
+}
+
+impl Client {
+    /// Stores a chunk, or records a hole when it is all zeros.
+    pub async fn put_block(&self, data: Bytes) -> Result<Id> {
+        if data.iter().all(|b| *b == 0) {
+            return Ok(Id::ZERO);
+        }
+        self.put_chunk(data).await
+    }
+
+    /// Chunks a stream and stores the chunks, `parallel_chunks` at a time.
+    pub async fn upload<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut R,
+        chunk_bytes: u32,
+        progress: Progress<'_>,
+    ) -> Result<(Vec<Id>, u64)> {
+        let mut keys: Vec<Id> = Vec::new();
+        let mut size = 0u64;
+        let mut pending = FuturesUnordered::new();
+        let parallel = self.cfg.parallel_chunks.max(1);
+        loop {
+            let mut buf = vec![0u8; chunk_bytes as usize];
+            let n = read_full(reader, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            size += n as u64;
+            let index = keys.len();
+            keys.push(Id::ZERO);
+            while pending.len() >= parallel {
+                let (i, len, res): (usize, u64, Result<Id>) = pending.next().await.expect("non-empty");
+                keys[i] = res?;
+                progress(len);
+            }
+            let data = Bytes::from(buf);
+            pending.push(async move {
+                let len = data.len() as u64;
+                (index, len, self.put_block(data).await)
+            });
+            if n < chunk_bytes as usize {
+                break;
+            }
+        }
+        while let Some((i, len, res)) = pending.next().await {
+            keys[i] = res?;
+            progress(len);
+        }
+        Ok((keys, size))
+    }
+
+    /// The bytes of chunk `index` of a file: its stored bytes, or zeros for a hole,
+    /// cut to the file's size.
+    pub async fn read_block(&self, inode: &Inode, index: usize) -> Result<Bytes> {
+        let cb = inode.chunk_bytes.max(1) as u64;
+        let start = index as u64 * cb;
+        if start >= inode.size {
+            return Ok(Bytes::new());
+        }
+        let len = (inode.size - start).min(cb) as usize;
+        let key = inode.chunks.get(index).copied().unwrap_or(Id::ZERO);
+        if key == Id::ZERO {
+            return Ok(Bytes::from(vec![0u8; len]));
+        }
+        let data = self.get_chunk(&key).await?;
+        Ok(if data.len() >= len {
+            data.slice(..len)
+        } else {
+            // A chunk shorter than the file says (a truncate-up): the rest reads as zeros.
+            let mut v = data.to_vec();
+            v.resize(len, 0);
+            Bytes::from(v)
+        })
+    }
+
+    /// Reads `len` bytes at `offset`, fetching the chunks involved in parallel.
+    pub async fn read_at(&self, inode: &Inode, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if offset >= inode.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (offset + len as u64).min(inode.size);
+        let cb = inode.chunk_bytes.max(1) as u64;
+        let (first, last) = ((offset / cb) as usize, ((end - 1) / cb) as usize);
+        let blocks: Vec<Bytes> = futures::future::try_join_all((first..=last).map(|i| self.read_block(inode, i))).await?;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (n, b) in blocks.iter().enumerate() {
+            let base = (first + n) as u64 * cb;
+            let from = offset.saturating_sub(base) as usize;
+            let to = ((end - base) as usize).min(b.len());
+            if from < to {
+                out.extend_from_slice(&b[from..to]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams a whole file to `writer`, `parallel_chunks` chunks ahead.
+    pub async fn download<W: AsyncWrite + Unpin>(
+        &self,
+        inode: &Inode,
+        writer: &mut W,
+        progress: Progress<'_>,
+    ) -> Result<u64> {
+        let cb = inode.chunk_bytes.max(1) as u64;
+        let count = inode.size.div_ceil(cb) as usize;
+        let parallel = self.cfg.parallel_chunks.max(1);
+        let mut pending = FuturesOrdered::new();
+        let mut next = 0usize;
+        let mut written = 0u64;
+        while next < count || !pending.is_empty() {
+            while next < count && pending.len() < parallel {
+                let i = next;
+                pending.push_back(async move { self.read_block(inode, i).await });
+                next += 1;
+            }
+            if let Some(block) = pending.next().await {
+                let block = block?;
+                writer.write_all(&block).await?;
+                written += block.len() as u64;
+                progress(block.len() as u64);
+            }
+        }
+        writer.flush().await?;
+        Ok(written)
+    }
+
+    /// Stores a local stream as `path`, creating missing parent directories. An existing
+    /// file at `path` gets the new content (same inode, so hard links see it).
+    pub async fn put_file<R: AsyncRead + Unpin>(
+        &self,
+        path: &str,
+        reader: &mut R,
+        mode: u32,
+        progress: Progress<'_>,
+    ) -> Result<InodeRef> {
+        let parts = super::tree::split_path(path)?;
+        let Some((name, dirs)) = parts.split_last() else {
+            return Err(ClientError::IsDir("/".into()));
+        };
+        let (uid, gid) = current_ids();
+        let parent = self.mkdir_p(&dirs.join("/"), uid, gid).await?;
+        let chunk_bytes = self.cfg.chunk_bytes;
+        let (chunks, size) = self.upload(reader, chunk_bytes, progress).await?;
+        let now = Timespec::now();
+        let set_content = |ino: &mut Inode| {
+            if ino.kind == Kind::Dir {
+                return Err(ClientError::IsDir(name.to_string()));
+            }
+            ino.chunks = chunks.clone();
+            ino.size = size;
+            ino.chunk_bytes = chunk_bytes;
+            ino.mtime = now;
+            ino.ctime = now;
+            Ok(())
+        };
+        for _ in 0..16 {
+            if let Some(e) = parent.inode.entries.get(*name).copied().or(self.lookup_child(&parent.id, name).await?) {
+                let (_, r) = self.update_inode(&e.id, set_content).await?;
+                return Ok(r);
+            }
+            let mut ino = Inode::new(Kind::File, mode, uid, gid, parent.id, chunk_bytes);
+            set_content(&mut ino)?;
+            match self.create_child(&parent.id, name, ino).await {
+                Ok(r) => return Ok(r),
+                // Another writer created it meanwhile: give that file our content.
+                Err(ClientError::Exists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Contended(path.to_string()))
+    }
+
+    /// Streams the file at `path` into `writer`. Returns its size.
+    pub async fn get_file<W: AsyncWrite + Unpin>(&self, path: &str, writer: &mut W, progress: Progress<'_>) -> Result<u64> {
+        let f = self.resolve(path).await?;
+        if f.inode.kind == Kind::Dir {
+            return Err(ClientError::IsDir(path.to_string()));
+        }
+        self.download(&f.inode, writer, progress).await
+    }
+}
+
+/// The calling process's uid and gid.
+pub fn current_ids() -> (u32, u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: getuid and getgid cannot fail and touch no memory.
+    unsafe {
+        (libc::getuid(), libc::getgid())
+    }
+}

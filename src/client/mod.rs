@@ -1,0 +1,126 @@
+//! The one client library, shared by the CLI and the FUSE mount: a cached view of the
+//! ring, chunk and record operations with replica fallback, and the file tree on top.
+//!
+//! ```text
+//!  files.rs  put/get streams, chunking        tree.rs  paths, inodes, directories
+//!        \______________________  ____________________/
+//!                               \/
+//!  kv.rs     chunks (content-addressed, cached) and records (versioned, CAS)
+//!                               |
+//!  ring.rs   sorted membership: the key's primary in one hop, Chord lookup when stale
+//! ```
+
+pub mod files;
+pub mod kv;
+pub mod ring;
+pub mod status;
+pub mod tree;
+
+use crate::net::{RpcError, TcpTransport, Transport};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use files::Progress;
+pub use ring::RingView;
+
+/// Default chunk size (see README: measured against 256 KiB .. 8 MiB).
+pub const DEFAULT_CHUNK_BYTES: u32 = 1024 * 1024;
+/// Chunks uploaded or fetched at once by one stream.
+pub const DEFAULT_PARALLEL_CHUNKS: usize = 8;
+/// Default size of the client's chunk cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The ring address when neither `--ring` nor `$CHORDFS_RING` says otherwise.
+pub const DEFAULT_RING: &str = "127.0.0.1:7400";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    Exists(String),
+    #[error("not a directory: {0}")]
+    NotDir(String),
+    #[error("is a directory: {0}")]
+    IsDir(String),
+    #[error("directory not empty: {0}")]
+    NotEmpty(String),
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
+    #[error("name too long: {0}")]
+    NameTooLong(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("no replica answered for {what}: {last}")]
+    Unavailable { what: String, last: String },
+    #[error("too many concurrent updates of {0}; giving up")]
+    Contended(String),
+    #[error("ring unreachable at {addr}: {source}")]
+    NoRing { addr: String, source: RpcError },
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub ring: String,
+    pub chunk_bytes: u32,
+    pub parallel_chunks: usize,
+    pub cache_bytes: u64,
+    /// Per-RPC timeout.
+    pub rpc_timeout: Duration,
+    /// How long one operation may keep trying other replicas before it fails.
+    pub op_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(ring: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            ring: ring.into(),
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            parallel_chunks: DEFAULT_PARALLEL_CHUNKS,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            rpc_timeout: Duration::from_secs(3),
+            op_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Client {
+    pub cfg: ClientConfig,
+    pub(crate) net: Arc<dyn Transport>,
+    pub(crate) view: ring::ViewCell,
+    pub(crate) cache: moka::future::Cache<crate::id::Id, Bytes>,
+}
+
+impl Client {
+    /// Connects to the ring through `cfg.ring` and learns its membership.
+    pub async fn connect(cfg: ClientConfig) -> Result<Arc<Client>> {
+        Self::with_transport(cfg, TcpTransport::new()).await
+    }
+
+    pub async fn with_transport(cfg: ClientConfig, net: Arc<dyn Transport>) -> Result<Arc<Client>> {
+        if cfg.chunk_bytes == 0 || cfg.chunk_bytes as usize > crate::proto::CHUNK_MAX_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "chunk size {} must be between 1 and {}",
+                cfg.chunk_bytes,
+                crate::proto::CHUNK_MAX_BYTES
+            )));
+        }
+        let cache = moka::future::Cache::builder()
+            .max_capacity(cfg.cache_bytes)
+            .weigher(|_k: &crate::id::Id, v: &Bytes| v.len().min(u32::MAX as usize) as u32)
+            .build();
+        let client = Arc::new(Client { view: ring::ViewCell::default(), net, cfg, cache });
+        let seed = client.cfg.ring.clone();
+        client
+            .refresh_view_from(&seed)
+            .await
+            .map_err(|source| ClientError::NoRing { addr: seed.clone(), source })?;
+        Ok(client)
+    }
+}

@@ -1,0 +1,442 @@
+//! The file tree: inodes under 160-bit ids, directories mapping names to ids, every
+//! change a compare-and-set on the record's version, retried on conflict.
+//!
+//! Multi-record changes (create, rename across directories, link) are ordered so that a
+//! crash between steps leaves at worst an unreferenced inode or one extra link, never a
+//! name pointing at nothing.
+
+use super::kv::Cas;
+use super::{Client, ClientError, Result};
+use crate::id::Id;
+use crate::proto::record::root_id;
+use crate::proto::{DirEntry, Inode, Kind, Record, Timespec};
+use std::time::Duration;
+
+/// Longest file name, as on most Linux filesystems.
+pub const NAME_MAX_BYTES: usize = 255;
+/// Compare-and-set attempts before an update gives up.
+const CAS_ATTEMPTS: u32 = 200;
+/// Deepest directory walk (bounds a corrupt tree's cycle).
+const MAX_DEPTH: usize = 4096;
+
+/// An inode as read: its id, its version (for the next compare-and-set) and its body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InodeRef {
+    pub id: Id,
+    pub version: u64,
+    pub inode: Inode,
+}
+
+/// Checks one path component.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(ClientError::InvalidPath(name.to_string()));
+    }
+    if name.len() > NAME_MAX_BYTES {
+        return Err(ClientError::NameTooLong(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Splits an absolute or relative ring path into checked components.
+pub fn split_path(path: &str) -> Result<Vec<&str>> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    for p in &parts {
+        if *p == ".." {
+            return Err(ClientError::InvalidPath(format!("{path}: '..' is not allowed")));
+        }
+        check_name(p)?;
+    }
+    Ok(parts)
+}
+
+impl Client {
+    /// The root directory, created on first use by whichever client gets there first.
+    pub async fn root(&self) -> Result<InodeRef> {
+        let id = root_id();
+        if let Some(r) = self.get_inode_opt(&id).await? {
+            return Ok(r);
+        }
+        let root = Inode::new(Kind::Dir, 0o755, 0, 0, id, 0);
+        match self.cas_record(&id, 0, Record::Inode(Box::new(root))).await? {
+            Cas::Done(_) | Cas::Conflict(_) => self.get_inode(&id).await,
+        }
+    }
+
+    pub async fn get_inode_opt(&self, id: &Id) -> Result<Option<InodeRef>> {
+        Ok(match self.get_record(id).await? {
+            Some((version, Record::Inode(inode))) => Some(InodeRef { id: *id, version, inode: *inode }),
+            _ => None,
+        })
+    }
+
+    pub async fn get_inode(&self, id: &Id) -> Result<InodeRef> {
+        self.get_inode_opt(id).await?.ok_or_else(|| ClientError::NotFound(format!("inode {}", id.short())))
+    }
+
+    /// Applies `change` to the newest version of an inode and writes it back, retrying on
+    /// conflict. `change` may run several times; it must only depend on the inode.
+    pub async fn update_inode<T>(
+        &self,
+        id: &Id,
+        mut change: impl FnMut(&mut Inode) -> Result<T>,
+    ) -> Result<(T, InodeRef)> {
+        for attempt in 0..CAS_ATTEMPTS {
+            let cur = self.get_inode(id).await?;
+            let mut inode = cur.inode.clone();
+            let out = change(&mut inode)?;
+            match self.cas_record(id, cur.version, Record::Inode(Box::new(inode.clone()))).await? {
+                Cas::Done(version) => return Ok((out, InodeRef { id: *id, version, inode })),
+                Cas::Conflict(_) => {
+                    let jitter = rand::random::<u64>() % (1 + (attempt as u64).min(20));
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+            }
+        }
+        Err(ClientError::Contended(format!("inode {}", id.short())))
+    }
+
+    /// Writes a tombstone for an inode nothing refers to any more.
+    pub async fn delete_inode(&self, id: &Id) -> Result<()> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((version, _)) = self.get_record(id).await? else { return Ok(()) };
+            if let Cas::Done(_) = self.cas_record(id, version, Record::Deleted).await? {
+                return Ok(());
+            }
+        }
+        Err(ClientError::Contended(format!("inode {}", id.short())))
+    }
+
+    /// Resolves a path to its inode.
+    pub async fn resolve(&self, path: &str) -> Result<InodeRef> {
+        let parts = split_path(path)?;
+        let mut cur = self.root().await?;
+        for (depth, name) in parts.iter().enumerate() {
+            if cur.inode.kind != Kind::Dir {
+                return Err(ClientError::NotDir(parts[..depth].join("/")));
+            }
+            let entry = cur
+                .inode
+                .entries
+                .get(*name)
+                .copied()
+                .ok_or_else(|| ClientError::NotFound(format!("/{}", parts[..=depth].join("/"))))?;
+            cur = self.get_inode(&entry.id).await?;
+        }
+        Ok(cur)
+    }
+
+    /// Resolves all but the last component: (parent directory, last name).
+    pub async fn resolve_parent<'a>(&self, path: &'a str) -> Result<(InodeRef, &'a str)> {
+        let parts = split_path(path)?;
+        let Some((last, dirs)) = parts.split_last() else {
+            return Err(ClientError::InvalidPath(format!("{path:?} names the root")));
+        };
+        let parent = self.resolve(&dirs.join("/")).await?;
+        if parent.inode.kind != Kind::Dir {
+            return Err(ClientError::NotDir(dirs.join("/")));
+        }
+        Ok((parent, last))
+    }
+
+    /// Creates every missing directory along `path` (like `mkdir -p`).
+    pub async fn mkdir_p(&self, path: &str, uid: u32, gid: u32) -> Result<InodeRef> {
+        let parts = split_path(path)?;
+        let mut cur = self.root().await?;
+        for name in parts {
+            if cur.inode.kind != Kind::Dir {
+                return Err(ClientError::NotDir(name.to_string()));
+            }
+            cur = match cur.inode.entries.get(name) {
+                Some(e) => self.get_inode(&e.id).await?,
+                None => {
+                    let dir = Inode::new(Kind::Dir, 0o755, uid, gid, cur.id, 0);
+                    match self.create_child(&cur.id, name, dir).await {
+                        Ok(r) => r,
+                        Err(ClientError::Exists(_)) => {
+                            let again = self.get_inode(&cur.id).await?;
+                            let e = again.inode.entries.get(name).copied();
+                            self.get_inode(&e.ok_or_else(|| ClientError::NotFound(name.into()))?.id).await?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Looks a name up in a directory.
+    pub async fn lookup_child(&self, dir: &Id, name: &str) -> Result<Option<DirEntry>> {
+        let d = self.get_inode(dir).await?;
+        if d.inode.kind != Kind::Dir {
+            return Err(ClientError::NotDir(format!("inode {}", dir.short())));
+        }
+        Ok(d.inode.entries.get(name).copied())
+    }
+
+    /// Creates `inode` under a fresh id and links it as `parent/name`. Fails with
+    /// `Exists` when the name is taken (the new inode is then removed again).
+    pub async fn create_child(&self, parent: &Id, name: &str, mut inode: Inode) -> Result<InodeRef> {
+        check_name(name)?;
+        let id = Id::random();
+        inode.parent = *parent;
+        let kind = inode.kind;
+        // The inode first: a name never points at nothing.
+        let version = match self.cas_record(&id, 0, Record::Inode(Box::new(inode.clone()))).await? {
+            Cas::Done(v) => v,
+            Cas::Conflict(_) => return Err(ClientError::Exists(format!("inode {}", id.short()))),
+        };
+        let now = Timespec::now();
+        let linked = self
+            .update_inode(parent, |dir| {
+                if dir.kind != Kind::Dir {
+                    return Err(ClientError::NotDir(name.to_string()));
+                }
+                if dir.entries.contains_key(name) {
+                    return Err(ClientError::Exists(name.to_string()));
+                }
+                dir.entries.insert(name.to_string(), DirEntry { id, kind });
+                dir.mtime = now;
+                dir.ctime = now;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = linked {
+            let _ = self.delete_inode(&id).await;
+            return Err(e);
+        }
+        Ok(InodeRef { id, version, inode })
+    }
+
+    /// Adds a hard link `parent/name` to an existing non-directory inode.
+    pub async fn link_child(&self, id: &Id, parent: &Id, name: &str) -> Result<InodeRef> {
+        check_name(name)?;
+        let now = Timespec::now();
+        let (kind, target) = self
+            .update_inode(id, |ino| {
+                if ino.kind == Kind::Dir {
+                    return Err(ClientError::IsDir("cannot hard-link a directory".into()));
+                }
+                ino.nlink += 1;
+                ino.ctime = now;
+                Ok(ino.kind)
+            })
+            .await?;
+        let linked = self
+            .update_inode(parent, |dir| {
+                if dir.kind != Kind::Dir {
+                    return Err(ClientError::NotDir(name.to_string()));
+                }
+                if dir.entries.contains_key(name) {
+                    return Err(ClientError::Exists(name.to_string()));
+                }
+                dir.entries.insert(name.to_string(), DirEntry { id: *id, kind });
+                dir.mtime = now;
+                dir.ctime = now;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = linked {
+            let _ = self.update_inode(id, |ino| {
+                ino.nlink = ino.nlink.saturating_sub(1);
+                Ok(())
+            })
+            .await;
+            return Err(e);
+        }
+        Ok(target)
+    }
+
+    /// Removes the name `parent/name`. `want_dir` says what the caller expects (rmdir:
+    /// an empty directory; unlink: anything else). Returns the inode id and its link count
+    /// after the removal; the caller deletes the inode when that reaches 0 (the mount
+    /// waits for the last open handle to close).
+    pub async fn unlink_child(&self, parent: &Id, name: &str, want_dir: bool) -> Result<(Id, u32)> {
+        check_name(name)?;
+        let entry = self
+            .lookup_child(parent, name)
+            .await?
+            .ok_or_else(|| ClientError::NotFound(name.to_string()))?;
+        if want_dir && entry.kind != Kind::Dir {
+            return Err(ClientError::NotDir(name.to_string()));
+        }
+        if !want_dir && entry.kind == Kind::Dir {
+            return Err(ClientError::IsDir(name.to_string()));
+        }
+        if want_dir {
+            let child = self.get_inode(&entry.id).await?;
+            if !child.inode.entries.is_empty() {
+                return Err(ClientError::NotEmpty(name.to_string()));
+            }
+        }
+        let now = Timespec::now();
+        self.update_inode(parent, |dir| {
+            match dir.entries.get(name) {
+                Some(e) if e.id == entry.id => {}
+                _ => return Err(ClientError::NotFound(name.to_string())),
+            }
+            dir.entries.remove(name);
+            dir.mtime = now;
+            dir.ctime = now;
+            Ok(())
+        })
+        .await?;
+        if want_dir {
+            self.delete_inode(&entry.id).await?;
+            return Ok((entry.id, 0));
+        }
+        let (left, _) = self
+            .update_inode(&entry.id, |ino| {
+                ino.nlink = ino.nlink.saturating_sub(1);
+                ino.ctime = now;
+                Ok(ino.nlink)
+            })
+            .await?;
+        Ok((entry.id, left))
+    }
+
+    /// True when `ancestor` is `dir` or one of its ancestors.
+    async fn is_ancestor(&self, ancestor: &Id, dir: &Id) -> Result<bool> {
+        let root = root_id();
+        let mut cur = *dir;
+        for _ in 0..MAX_DEPTH {
+            if cur == *ancestor {
+                return Ok(true);
+            }
+            if cur == root {
+                return Ok(false);
+            }
+            cur = self.get_inode(&cur).await?.inode.parent;
+        }
+        Ok(false)
+    }
+
+    /// POSIX rename: moves `src_parent/src_name` to `dst_parent/dst_name`, replacing a
+    /// compatible target. Returns the replaced inode's id and remaining link count, if
+    /// one was replaced, for the caller to delete when unreferenced.
+    pub async fn rename(
+        &self,
+        src_parent: &Id,
+        src_name: &str,
+        dst_parent: &Id,
+        dst_name: &str,
+        no_replace: bool,
+    ) -> Result<Option<(Id, u32)>> {
+        check_name(src_name)?;
+        check_name(dst_name)?;
+        let src = self
+            .lookup_child(src_parent, src_name)
+            .await?
+            .ok_or_else(|| ClientError::NotFound(src_name.to_string()))?;
+        let dst = self.lookup_child(dst_parent, dst_name).await?;
+        if src_parent == dst_parent && src_name == dst_name {
+            return Ok(None);
+        }
+        if let Some(d) = &dst {
+            if d.id == src.id {
+                return Ok(None); // two links to one inode: POSIX says do nothing
+            }
+            if no_replace {
+                return Err(ClientError::Exists(dst_name.to_string()));
+            }
+            match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
+                (true, false) => return Err(ClientError::NotDir(dst_name.to_string())),
+                (false, true) => return Err(ClientError::IsDir(dst_name.to_string())),
+                (true, true) => {
+                    if !self.get_inode(&d.id).await?.inode.entries.is_empty() {
+                        return Err(ClientError::NotEmpty(dst_name.to_string()));
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        if src.kind == Kind::Dir && self.is_ancestor(&src.id, dst_parent).await? {
+            return Err(ClientError::Invalid(format!("cannot move {src_name} into itself")));
+        }
+        let now = Timespec::now();
+        let expect_dst = dst.map(|d| d.id);
+        if src_parent == dst_parent {
+            self.update_inode(src_parent, |dir| {
+                check_entries(dir, src_name, &src.id, dst_name, expect_dst)?;
+                dir.entries.remove(src_name);
+                dir.entries.insert(dst_name.to_string(), src);
+                dir.mtime = now;
+                dir.ctime = now;
+                Ok(())
+            })
+            .await?;
+        } else {
+            // Target first, then source: a crash in between leaves an extra name, never none.
+            self.update_inode(dst_parent, |dir| {
+                if dir.kind != Kind::Dir {
+                    return Err(ClientError::NotDir(dst_name.to_string()));
+                }
+                if dir.entries.get(dst_name).map(|e| e.id) != expect_dst {
+                    return Err(ClientError::Contended(dst_name.to_string()));
+                }
+                dir.entries.insert(dst_name.to_string(), src);
+                dir.mtime = now;
+                dir.ctime = now;
+                Ok(())
+            })
+            .await?;
+            self.update_inode(src_parent, |dir| {
+                if dir.entries.get(src_name).map(|e| e.id) == Some(src.id) {
+                    dir.entries.remove(src_name);
+                }
+                dir.mtime = now;
+                dir.ctime = now;
+                Ok(())
+            })
+            .await?;
+        }
+        let new_parent = *dst_parent;
+        self.update_inode(&src.id, |ino| {
+            ino.ctime = now;
+            if ino.kind == Kind::Dir {
+                ino.parent = new_parent;
+            }
+            Ok(())
+        })
+        .await?;
+        match expect_dst {
+            None => Ok(None),
+            Some(old) => {
+                let (left, _) = self
+                    .update_inode(&old, |ino| {
+                        ino.nlink = if ino.kind == Kind::Dir { 0 } else { ino.nlink.saturating_sub(1) };
+                        ino.ctime = now;
+                        Ok(ino.nlink)
+                    })
+                    .await?;
+                Ok(Some((old, left)))
+            }
+        }
+    }
+}
+
+fn check_entries(dir: &Inode, src_name: &str, src: &Id, dst_name: &str, dst: Option<Id>) -> Result<()> {
+    if dir.entries.get(src_name).map(|e| e.id) != Some(*src) {
+        return Err(ClientError::NotFound(src_name.to_string()));
+    }
+    if dir.entries.get(dst_name).map(|e| e.id) != dst {
+        return Err(ClientError::Contended(dst_name.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_checked() {
+        assert_eq!(split_path("/a//b/./c").unwrap(), ["a", "b", "c"]);
+        assert!(split_path("/").unwrap().is_empty());
+        assert!(matches!(split_path("/a/../b"), Err(ClientError::InvalidPath(_))));
+        assert!(matches!(split_path(&"x".repeat(256)), Err(ClientError::NameTooLong(_))));
+        assert!(check_name(&"x".repeat(255)).is_ok());
+        assert!(check_name("a\0b").is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! Running a node process: bind, open the store, join, serve RPCs and the sidecar, run
+//! maintenance and repair, and leave gracefully on SIGTERM/SIGINT.
+
+use crate::chord::node::load_or_create_id;
+use crate::chord::{Node, NodeConfig};
+use crate::net::{self, TcpTransport};
+use crate::store::Store;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("data dir: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("node id file: {0}")]
+    Id(std::io::Error),
+    #[error("cannot join the ring through {via}: {source}")]
+    Join { via: String, source: net::RpcError },
+}
+
+/// Written to `DATA_DIR/node.json` once the node serves, so scripts and tests that let
+/// the OS choose ports can find them.
+#[derive(Serialize)]
+pub struct Endpoints {
+    pub id: String,
+    pub addr: String,
+    pub http: Option<String>,
+    pub pid: u32,
+}
+
+pub struct Running {
+    pub node: Arc<Node>,
+    pub http_addr: Option<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub struct StartOptions {
+    pub listen: String,
+    pub join: Option<String>,
+    pub http: Option<String>,
+    pub cfg: NodeConfig,
+}
+
+/// Starts a node and returns once it serves (and has joined, when asked to).
+pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
+    let listener = TcpListener::bind(&opts.listen)
+        .await
+        .map_err(|source| DaemonError::Bind { addr: opts.listen.clone(), source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind { addr: opts.listen.clone(), source })?
+        .to_string();
+    opts.cfg.addr = addr.clone();
+    let store = Store::open(&opts.cfg.data_dir)?;
+    let id = load_or_create_id(&opts.cfg.data_dir, &addr).map_err(DaemonError::Id)?;
+    let node = Node::new(opts.cfg.clone(), id, store, TcpTransport::new());
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(net::serve(listener, node.clone(), node.shutdown.clone())));
+
+    let mut http_addr = None;
+    if let Some(h) = &opts.http {
+        let l = TcpListener::bind(h).await.map_err(|source| DaemonError::Bind { addr: h.clone(), source })?;
+        http_addr = l.local_addr().ok().map(|a| a.to_string());
+        tasks.push(tokio::spawn(crate::http::serve(l, node.clone(), node.shutdown.clone())));
+    }
+
+    if let Some(via) = &opts.join {
+        let mut last = None;
+        // The member we join through may itself be starting: retry for a few seconds.
+        for _ in 0..20 {
+            match node.join(via).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+            }
+        }
+        if let Some(source) = last {
+            node.shutdown.cancel();
+            return Err(DaemonError::Join { via: via.clone(), source });
+        }
+    }
+    tasks.push(tokio::spawn(node.clone().run_maintenance()));
+    tasks.push(tokio::spawn(node.clone().run_repair()));
+
+    let endpoints = Endpoints { id: id.to_hex(), addr, http: http_addr.clone(), pid: std::process::id() };
+    let json = serde_json::to_string_pretty(&endpoints).expect("endpoints serialize");
+    let path = opts.cfg.data_dir.join("node.json");
+    let tmp = opts.cfg.data_dir.join("node.json.tmp");
+    if std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+        tracing::warn!("could not write {}", path.display());
+    }
+    Ok(Running { node, http_addr, tasks })
+}
+
+impl Running {
+    /// Graceful leave: hand every key to its next holders, then stop serving.
+    pub async fn leave(self) {
+        self.node.leave().await;
+        self.stop().await;
+    }
+
+    /// Stops at once (tests use this to simulate a crash of an in-process node).
+    pub async fn stop(self) {
+        self.node.shutdown.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+        }
+        let _ = std::fs::remove_file(self.node.cfg.data_dir.join("node.json"));
+    }
+}

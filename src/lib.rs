@@ -1,0 +1,29 @@
+//! chordfs: a distributed file store on a Chord ring.
+//!
+//! ```text
+//!  cp / ls (kernel) -> fs (FUSE, fuser) --\
+//!                                          >-- client: ring view, chunking, records, cache
+//!  chordfs put/get/ls/rm/status (cli) ----/          |  net: TCP, framed MessagePack (proto)
+//!                                                     v
+//!            chord::Node (routing, maintenance, repair) + store (data dir) + http sidecar
+//! ```
+//! Modules, from the bottom up:
+//! - [`id`]: 160-bit ids and ring interval arithmetic.
+//! - [`proto`]: request/response enums, records, the frame codec.
+//! - [`net`]: the transport trait, the TCP client pool and the server.
+//! - [`store`]: the data dir: chunks and records, atomic and verified.
+//! - [`chord`]: the peer: routing table, RPC answers, stabilize & co, repair.
+//! - [`client`]: the one client library (CLI and mount).
+//! - [`fs`]: the FUSE driver over the client.
+//! - [`http`]: the status sidecar.
+//! - [`daemon`]: starting and stopping a node process.
+
+pub mod chord;
+pub mod client;
+pub mod daemon;
+pub mod fs;
+pub mod http;
+pub mod id;
+pub mod net;
+pub mod proto;
+pub mod store;

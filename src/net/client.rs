@@ -1,0 +1,157 @@
+//! The TCP transport: one multiplexed connection per peer, pooled, with a timeout on
+//! every call.
+//!
+//! A connection is a writer task fed by a channel and a reader task that completes the
+//! pending calls by request id. When either side fails, every pending call fails with
+//! `Disconnected` and the pool opens a fresh connection on the next call.
+
+use super::{RpcError, Transport};
+use crate::proto::{codec, Envelope, Request, Response};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// Frames queued for one connection's writer before callers wait.
+const WRITE_QUEUE_FRAMES: usize = 256;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+struct Conn {
+    tx: mpsc::Sender<Bytes>,
+    // Never held across an await: inserted/removed around a send.
+    pending: Pending,
+    next_id: AtomicU64,
+    closed: Arc<AtomicBool>,
+}
+
+#[derive(Default, Clone)]
+pub struct TcpTransport {
+    inner: Arc<Pool>,
+}
+
+#[derive(Default)]
+struct Pool {
+    // Never held across an await: connecting happens outside, then the result is stored.
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+}
+
+impl TcpTransport {
+    pub fn new() -> Arc<TcpTransport> {
+        Arc::new(TcpTransport::default())
+    }
+
+    pub async fn request(&self, addr: &str, req: Request, timeout: Duration) -> Result<Response, RpcError> {
+        self.inner.request(addr, req, timeout).await
+    }
+}
+
+impl Pool {
+
+    async fn connect(addr: &str) -> Result<Arc<Conn>, RpcError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| RpcError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+
+        let mut sink = FramedWrite::new(wr, codec::framing());
+        let closed_w = closed.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if sink.send(frame).await.is_err() {
+                    break;
+                }
+            }
+            closed_w.store(true, Ordering::Release);
+        });
+
+        let mut stream = FramedRead::new(rd, codec::framing());
+        let (pending_r, closed_r) = (pending.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = stream.next().await {
+                match codec::decode::<Response>(&frame) {
+                    Ok(Envelope { id, body }) => {
+                        let waiter = pending_r.lock().expect("pending lock").remove(&id);
+                        if let Some(w) = waiter {
+                            let _ = w.send(body);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("undecodable reply: {e}");
+                        break;
+                    }
+                }
+            }
+            closed_r.store(true, Ordering::Release);
+            // Dropping the senders fails every waiter with Disconnected.
+            pending_r.lock().expect("pending lock").clear();
+        });
+        Ok(Arc::new(Conn { tx, pending, next_id: AtomicU64::new(1), closed }))
+    }
+
+    async fn conn(&self, addr: &str) -> Result<Arc<Conn>, RpcError> {
+        if let Some(c) = self.conns.lock().expect("pool lock").get(addr) {
+            if !c.closed.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        let c = Self::connect(addr).await?;
+        self.conns.lock().expect("pool lock").insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn request(&self, addr: &str, req: Request, timeout: Duration) -> Result<Response, RpcError> {
+        let ms = timeout.as_millis() as u64;
+        let fut = async {
+            let conn = self.conn(addr).await?;
+            let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+            let frame = codec::encode(id, &req).map_err(|e| RpcError::Codec(e.to_string()))?;
+            let (tx, rx) = oneshot::channel();
+            conn.pending.lock().expect("pending lock").insert(id, tx);
+            let guard = PendingGuard { pending: &conn.pending, id };
+            if conn.tx.send(frame).await.is_err() {
+                return Err(RpcError::Disconnected { addr: addr.to_string() });
+            }
+            let resp = rx.await.map_err(|_| RpcError::Disconnected { addr: addr.to_string() });
+            drop(guard);
+            resp
+        };
+        let resp = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| RpcError::Timeout { addr: addr.to_string(), ms })??;
+        match resp {
+            Response::Error { kind, message } => Err(RpcError::Remote { addr: addr.to_string(), kind, message }),
+            r => Ok(r),
+        }
+    }
+}
+
+/// Removes a pending entry when the call ends, whether answered, failed or timed out.
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().expect("pending lock").remove(&self.id);
+    }
+}
+
+impl Transport for TcpTransport {
+    fn call(&self, addr: &str, req: Request, timeout: Duration) -> BoxFuture<'static, Result<Response, RpcError>> {
+        let inner = self.inner.clone();
+        let addr = addr.to_string();
+        Box::pin(async move { inner.request(&addr, req, timeout).await })
+    }
+}

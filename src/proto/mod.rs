@@ -1,0 +1,157 @@
+//! The wire: request and response enums, and the frame codec.
+//!
+//! Every frame is a 4-byte big-endian length and a MessagePack body (rmp-serde) holding
+//! an [`Envelope`]: a request id chosen by the caller, echoed in the reply, so one
+//! connection carries many requests at once.
+
+pub mod codec;
+pub mod record;
+
+use crate::id::Id;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+pub use record::{DirEntry, Inode, Kind, Record, Timespec};
+
+/// Frames above this size are refused before any byte of them is buffered.
+pub const FRAME_MAX_BYTES: usize = 40 * 1024 * 1024;
+/// The largest chunk a client may ask for; leaves room for the envelope in a frame.
+pub const CHUNK_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// The largest batch of keys in one message.
+pub const KEYS_MAX: usize = 65_536;
+/// Protocol version, exchanged in `Hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A ring member: its id and where it listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Peer {
+    pub id: Id,
+    pub addr: String,
+}
+
+/// A stored value: an immutable chunk or a versioned record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    Record { version: u64, record: Record },
+}
+
+/// What a caller asks of a node. Verbs with named fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    Ping,
+    /// Routing state, for stabilize and for clients building a ring view.
+    GetState,
+    /// One step of an iterative lookup. `avoid` lists peers the caller found dead.
+    FindSuccessor { key: Id, avoid: Vec<Id> },
+    /// "I might be your predecessor."
+    Notify { candidate: Peer },
+    /// A graceful leave: the leaver's neighbours, so the ring closes around it.
+    Leave { peer: Peer, predecessor: Option<Peer>, successors: Vec<Peer> },
+    /// Store an immutable chunk. With `replicate`, the receiver forwards it to its
+    /// successors and answers once min(R, live) copies are durable.
+    PutChunk { key: Id, data: ByteBuf, replicate: bool },
+    GetChunk { key: Id },
+    /// Compare-and-set a record at the key's primary: succeeds when the current version
+    /// equals `expect` (0 = absent); the new version is `expect + 1`.
+    CasRecord { key: Id, expect: u64, record: Record },
+    /// Store a record copy if it is newer than the one held (replication and repair).
+    PutRecordCopy { key: Id, version: u64, record: Record },
+    /// Read a record. With `pull`, a primary missing it first asks its replicas.
+    GetRecord { key: Id, pull: bool },
+    /// Which of these keys are held, and at which version (0 for chunks).
+    HaveKeys { keys: Vec<Id> },
+    /// Counts and disk space of the node.
+    Stats,
+}
+
+/// What a node answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Pong { id: Id },
+    State(NodeState),
+    /// The lookup is over: `from` is the node whose successor owns `key`; `successors`
+    /// is that node's successor list, owner first.
+    Found { from: Peer, successors: Vec<Peer> },
+    /// Ask this peer next.
+    Next { peer: Peer },
+    Ok,
+    /// A key was stored on this many nodes, durably.
+    Stored { copies: u32 },
+    Chunk(ByteBuf),
+    Record { version: u64, record: Record },
+    /// CAS failed: the version now held.
+    Conflict { current: u64 },
+    NotFound,
+    Versions(Vec<Option<u64>>),
+    Stats(NodeStats),
+    Error { kind: ErrorKind, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The frame did not decode, or a field is out of bounds.
+    BadRequest,
+    /// The chunk's bytes do not hash to its key.
+    HashMismatch,
+    /// This node is not the primary for the key; look it up again.
+    WrongNode,
+    /// Fewer copies than required could be made durable.
+    Unavailable,
+    /// The node's disk failed.
+    Storage,
+    /// The node is shutting down.
+    ShuttingDown,
+    Internal,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub me: Peer,
+    pub predecessor: Option<Peer>,
+    pub successors: Vec<Peer>,
+    pub replicas: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    pub chunks: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub disk_total: u64,
+    pub disk_free: u64,
+}
+
+/// What travels in a frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub id: u64,
+    pub body: T,
+}
+
+impl Response {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error { kind, message: message.into() }
+    }
+}
+
+impl Request {
+    /// Reject fields out of bounds before acting on them.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Request::PutChunk { data, .. } if data.len() > CHUNK_MAX_BYTES => {
+                Err(format!("chunk of {} bytes exceeds {CHUNK_MAX_BYTES}", data.len()))
+            }
+            Request::HaveKeys { keys } if keys.len() > KEYS_MAX => {
+                Err(format!("{} keys exceed {KEYS_MAX}", keys.len()))
+            }
+            Request::FindSuccessor { avoid, .. } if avoid.len() > 1024 => {
+                Err("avoid list too long".into())
+            }
+            Request::Leave { successors, .. } if successors.len() > 1024 => {
+                Err("successor list too long".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}

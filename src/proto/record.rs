@@ -1,0 +1,165 @@
+//! File and directory records: the mutable, versioned values kept under inode ids.
+//!
+//! One `Inode` type covers every kind of file; fields that a kind does not use stay
+//! empty. A directory's entries live in its own record, so a lookup is one read.
+
+use crate::id::Id;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timespec {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+impl Timespec {
+    pub fn now() -> Timespec {
+        Timespec::from(SystemTime::now())
+    }
+}
+
+impl From<SystemTime> for Timespec {
+    fn from(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                if d.subsec_nanos() == 0 {
+                    Timespec { secs: -(d.as_secs() as i64), nanos: 0 }
+                } else {
+                    Timespec {
+                        secs: -(d.as_secs() as i64) - 1,
+                        nanos: 1_000_000_000 - d.subsec_nanos(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<Timespec> for SystemTime {
+    fn from(t: Timespec) -> Self {
+        if t.secs >= 0 {
+            UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(t.nanos as u64)
+        }
+    }
+}
+
+/// A directory entry: the child's inode id and kind (so listing needs no extra reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub id: Id,
+    pub kind: Kind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inode {
+    pub kind: Kind,
+    /// Permission bits (07777), without the file type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub rdev: u32,
+    /// Bytes per chunk for this file; fixed when the file is created.
+    pub chunk_bytes: u32,
+    /// Chunk keys in file order; `Id::ZERO` marks a hole that reads as zeros.
+    pub chunks: Vec<Id>,
+    /// Directory entries by name.
+    pub entries: BTreeMap<String, DirEntry>,
+    /// The parent directory (for `..`); the root is its own parent.
+    pub parent: Id,
+    /// Symlink target.
+    pub target: String,
+    pub xattrs: BTreeMap<String, serde_bytes::ByteBuf>,
+}
+
+impl Inode {
+    pub fn new(kind: Kind, mode: u32, uid: u32, gid: u32, parent: Id, chunk_bytes: u32) -> Inode {
+        let now = Timespec::now();
+        Inode {
+            kind,
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            nlink: if kind == Kind::Dir { 2 } else { 1 },
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev: 0,
+            chunk_bytes,
+            chunks: Vec::new(),
+            entries: BTreeMap::new(),
+            parent,
+            target: String::new(),
+            xattrs: BTreeMap::new(),
+        }
+    }
+
+    /// Subdirectory count, for a directory's link count (2 + subdirectories).
+    pub fn subdirs(&self) -> u32 {
+        self.entries.values().filter(|e| e.kind == Kind::Dir).count() as u32
+    }
+}
+
+/// What a record key holds: a live inode, or a tombstone that keeps a deleted inode
+/// from being resurrected by a stale replica.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    Inode(Box<Inode>),
+    Deleted,
+}
+
+/// The well-known key of the root directory.
+pub fn root_id() -> Id {
+    Id::hash(b"chordfs:root-directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timespec_round_trips_before_and_after_epoch() {
+        for t in [
+            UNIX_EPOCH + Duration::new(1_700_000_000, 123),
+            UNIX_EPOCH - Duration::new(5, 250),
+            UNIX_EPOCH,
+        ] {
+            assert_eq!(SystemTime::from(Timespec::from(t)), t);
+        }
+    }
+
+    #[test]
+    fn record_round_trips_through_msgpack() {
+        let mut ino = Inode::new(Kind::Dir, 0o40755, 1, 2, root_id(), 0);
+        ino.entries.insert("a".into(), DirEntry { id: Id::hash(b"a"), kind: Kind::File });
+        ino.entries.insert("d".into(), DirEntry { id: Id::hash(b"d"), kind: Kind::Dir });
+        assert_eq!(ino.mode, 0o755);
+        assert_eq!(ino.subdirs(), 1);
+        let rec = Record::Inode(Box::new(ino));
+        let bytes = rmp_serde::to_vec(&rec).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Record>(&bytes).unwrap(), rec);
+    }
+}

@@ -1,0 +1,411 @@
+//! The node's store: content-addressed chunks and versioned records in a plain data dir.
+//!
+//! ```text
+//! DIR/node.id                  this node's ring id, 40 hex digits
+//! DIR/chunks/ab/abcdef...      a chunk, named by the SHA-1 of its bytes
+//! DIR/records/ab/abcdef...     a record: SHA-1 of the body, then the MessagePack body
+//! DIR/tmp/                     writes in progress; emptied at start
+//! ```
+//! Writes are atomic (temp file, fsync, rename, fsync of the directory). Every read is
+//! verified against its hash; a bad copy is removed and reported as missing, so repair
+//! fetches a good one. The in-memory index mirrors the directory and is rebuilt at start.
+
+use crate::id::Id;
+use crate::proto::Record;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Record writes are serialized per stripe, so a compare-and-set sees no interleaving.
+const RECORD_LOCK_STRIPES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chunk bytes hash to {actual}, not to the key {key}")]
+    HashMismatch { key: Id, actual: Id },
+    #[error("disk error at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("record does not encode: {0}")]
+    Encode(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EntryKind {
+    Chunk,
+    Record,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Record version; 0 for chunks.
+    pub version: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    version: u64,
+    record: Record,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    // Never held across an await: every access is a short map operation.
+    index: Mutex<BTreeMap<Id, Meta>>,
+    record_locks: Vec<tokio::sync::Mutex<()>>,
+    tmp_seq: AtomicU64,
+    /// Bad copies found and dropped since start.
+    pub corrupt_found: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) a data dir: empties `tmp/`, drops half-written or corrupt
+    /// files, and indexes the rest.
+    pub fn open(dir: &Path) -> Result<Arc<Store>, StoreError> {
+        for sub in ["chunks", "records", "tmp"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let tmp = dir.join("tmp");
+        for e in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+        let store = Store {
+            dir: dir.to_path_buf(),
+            index: Mutex::new(BTreeMap::new()),
+            record_locks: (0..RECORD_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            tmp_seq: AtomicU64::new(0),
+            corrupt_found: AtomicU64::new(0),
+        };
+        store.scan(EntryKind::Chunk)?;
+        store.scan(EntryKind::Record)?;
+        Ok(Arc::new(store))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn scan(&self, kind: EntryKind) -> Result<(), StoreError> {
+        let root = self.dir.join(match kind {
+            EntryKind::Chunk => "chunks",
+            EntryKind::Record => "records",
+        });
+        let mut index = self.index.lock().expect("index lock");
+        for sub in fs::read_dir(&root).map_err(io_err(&root))?.flatten() {
+            let Ok(files) = fs::read_dir(sub.path()) else { continue };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let Some(key) = name.to_str().and_then(|n| n.parse::<Id>().ok()) else {
+                    continue;
+                };
+                let meta = match kind {
+                    EntryKind::Chunk => match f.metadata() {
+                        Ok(m) => Meta { kind, size: m.len(), version: 0 },
+                        Err(_) => continue,
+                    },
+                    // A record must read back whole; one that doesn't is dropped here
+                    // and fetched again by repair.
+                    EntryKind::Record => match read_record_file(&f.path()) {
+                        Ok(Some((version, _))) => {
+                            Meta { kind, size: f.metadata().map(|m| m.len()).unwrap_or(0), version }
+                        }
+                        _ => {
+                            tracing::warn!("dropping unreadable record {}", f.path().display());
+                            let _ = fs::remove_file(f.path());
+                            continue;
+                        }
+                    },
+                };
+                index.insert(key, meta);
+            }
+        }
+        Ok(())
+    }
+
+    fn path_of(&self, kind: EntryKind, key: &Id) -> PathBuf {
+        let hex = key.to_hex();
+        let top = match kind {
+            EntryKind::Chunk => "chunks",
+            EntryKind::Record => "records",
+        };
+        self.dir.join(top).join(&hex[..2]).join(hex)
+    }
+
+    /// Writes `bytes` to `path` atomically and durably.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join("tmp").join(format!("{}.{}", std::process::id(), seq));
+        let parent = path.parent().expect("store paths have a parent");
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let result = (|| {
+            let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+            f.write_all(bytes).map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+            fs::rename(&tmp, path).map_err(io_err(path))?;
+            fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io_err(parent))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    pub fn meta(&self, key: &Id) -> Option<Meta> {
+        self.index.lock().expect("index lock").get(key).copied()
+    }
+
+    /// Every key held, in ring order.
+    pub fn keys(&self) -> Vec<(Id, Meta)> {
+        self.index.lock().expect("index lock").iter().map(|(k, m)| (*k, *m)).collect()
+    }
+
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let index = self.index.lock().expect("index lock");
+        let (mut chunks, mut records, mut bytes) = (0, 0, 0);
+        for m in index.values() {
+            match m.kind {
+                EntryKind::Chunk => chunks += 1,
+                EntryKind::Record => records += 1,
+            }
+            bytes += m.size;
+        }
+        (chunks, records, bytes)
+    }
+
+    /// Stores a chunk after checking its hash. Returns false when it was already held.
+    pub async fn put_chunk(self: &Arc<Self>, key: Id, data: Bytes) -> Result<bool, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.put_chunk_blocking(key, &data))
+            .await
+            .expect("store task panicked")
+    }
+
+    pub fn put_chunk_blocking(&self, key: Id, data: &[u8]) -> Result<bool, StoreError> {
+        let actual = Id::hash(data);
+        if actual != key {
+            return Err(StoreError::HashMismatch { key, actual });
+        }
+        if self.meta(&key).is_some() {
+            return Ok(false);
+        }
+        let path = self.path_of(EntryKind::Chunk, &key);
+        self.write_atomic(&path, data)?;
+        self.index.lock().expect("index lock").insert(
+            key,
+            Meta { kind: EntryKind::Chunk, size: data.len() as u64, version: 0 },
+        );
+        Ok(true)
+    }
+
+    /// Reads and verifies a chunk. A copy whose bytes don't match is deleted and read as
+    /// missing.
+    pub async fn get_chunk(self: &Arc<Self>, key: Id) -> Result<Option<Bytes>, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.get_chunk_blocking(key))
+            .await
+            .expect("store task panicked")
+    }
+
+    pub fn get_chunk_blocking(&self, key: Id) -> Result<Option<Bytes>, StoreError> {
+        match self.meta(&key) {
+            Some(m) if m.kind == EntryKind::Chunk => {}
+            _ => return Ok(None),
+        }
+        let path = self.path_of(EntryKind::Chunk, &key);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget(&key);
+                return Ok(None);
+            }
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        if Id::hash(&data) != key {
+            tracing::warn!("chunk {} is corrupt on disk; dropping it for repair", key.short());
+            self.corrupt_found.fetch_add(1, Ordering::Relaxed);
+            let _ = fs::remove_file(&path);
+            self.forget(&key);
+            return Ok(None);
+        }
+        Ok(Some(Bytes::from(data)))
+    }
+
+    fn forget(&self, key: &Id) {
+        self.index.lock().expect("index lock").remove(key);
+    }
+
+    /// Removes a key's file and index entry.
+    pub fn delete(&self, key: &Id) -> Result<(), StoreError> {
+        let Some(meta) = self.meta(key) else { return Ok(()) };
+        let path = self.path_of(meta.kind, key);
+        self.forget(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    pub async fn get_record(self: &Arc<Self>, key: Id) -> Result<Option<(u64, Record)>, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.get_record_blocking(&key))
+            .await
+            .expect("store task panicked")
+    }
+
+    pub fn get_record_blocking(&self, key: &Id) -> Result<Option<(u64, Record)>, StoreError> {
+        match self.meta(key) {
+            Some(m) if m.kind == EntryKind::Record => {}
+            _ => return Ok(None),
+        }
+        let path = self.path_of(EntryKind::Record, key);
+        match read_record_file(&path) {
+            Ok(Some(r)) => Ok(Some(r)),
+            Ok(None) => {
+                tracing::warn!("record {} is corrupt on disk; dropping it for repair", key.short());
+                self.corrupt_found.fetch_add(1, Ordering::Relaxed);
+                let _ = fs::remove_file(&path);
+                self.forget(key);
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget(key);
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Writes a record when `decide(current_version)` allows it, with no other record
+    /// write to the same stripe in between. Returns the version held afterwards and
+    /// whether this write happened.
+    pub async fn put_record_if(
+        self: &Arc<Self>,
+        key: Id,
+        version: u64,
+        record: Record,
+        decide: impl FnOnce(u64) -> bool,
+    ) -> Result<(u64, bool), StoreError> {
+        let stripe = key.0[19] as usize % RECORD_LOCK_STRIPES;
+        let _guard = self.record_locks[stripe].lock().await;
+        let current = match self.meta(&key) {
+            Some(m) if m.kind == EntryKind::Record => m.version,
+            _ => 0,
+        };
+        if !decide(current) {
+            return Ok((current, false));
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_record_blocking(key, version, &record))
+            .await
+            .expect("store task panicked")?;
+        Ok((version, true))
+    }
+
+    fn write_record_blocking(&self, key: Id, version: u64, record: &Record) -> Result<(), StoreError> {
+        let body = rmp_serde::to_vec(&StoredRecord { version, record: record.clone() })
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        let mut bytes = Vec::with_capacity(20 + body.len());
+        bytes.extend_from_slice(&Id::hash(&body).0);
+        bytes.extend_from_slice(&body);
+        let path = self.path_of(EntryKind::Record, &key);
+        self.write_atomic(&path, &bytes)?;
+        self.index.lock().expect("index lock").insert(
+            key,
+            Meta { kind: EntryKind::Record, size: bytes.len() as u64, version },
+        );
+        Ok(())
+    }
+}
+
+/// Reads a record file: `Ok(None)` when its checksum or body is bad.
+fn read_record_file(path: &Path) -> std::io::Result<Option<(u64, Record)>> {
+    let bytes = fs::read(path)?;
+    if bytes.len() < 20 || Id::hash(&bytes[20..]).0[..] != bytes[..20] {
+        return Ok(None);
+    }
+    Ok(rmp_serde::from_slice::<StoredRecord>(&bytes[20..]).ok().map(|s| (s.version, s.record)))
+}
+
+/// Total and free bytes of the filesystem holding `dir`.
+pub fn disk_space(dir: &Path) -> (u64, u64) {
+    #[allow(unsafe_code)]
+    fn statvfs(dir: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `c` is a valid NUL-terminated path and `st` is a plain C struct that
+        // statvfs fills in; it is only read after a successful return.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+        (rc == 0).then(|| (st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
+    }
+    statvfs(dir).unwrap_or((0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Inode, Kind};
+
+    #[tokio::test]
+    async fn chunks_survive_a_reopen_and_corruption_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let data = Bytes::from_static(b"some chunk bytes");
+        let key = Id::hash(&data);
+        assert!(store.put_chunk(key, data.clone()).await.unwrap());
+        assert!(!store.put_chunk(key, data.clone()).await.unwrap(), "stored once");
+        let wrong = Id::hash(b"other");
+        assert!(matches!(
+            store.put_chunk(wrong, data.clone()).await,
+            Err(StoreError::HashMismatch { .. })
+        ));
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get_chunk(key).await.unwrap(), Some(data));
+        // Flip a byte on disk: the read notices, drops the copy and reports it missing.
+        let path = store.path_of(EntryKind::Chunk, &key);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(store.get_chunk(key).await.unwrap(), None);
+        assert_eq!(store.corrupt_found.load(Ordering::Relaxed), 1);
+        assert!(store.meta(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn records_compare_and_set_and_leftovers_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = Id::hash(b"inode");
+        let rec = Record::Inode(Box::new(Inode::new(Kind::File, 0o644, 0, 0, Id::ZERO, 4096)));
+        let (v, wrote) = store.put_record_if(key, 1, rec.clone(), |cur| cur == 0).await.unwrap();
+        assert_eq!((v, wrote), (1, true));
+        let (v, wrote) = store.put_record_if(key, 1, rec.clone(), |cur| cur == 0).await.unwrap();
+        assert_eq!((v, wrote), (1, false), "a stale compare-and-set fails");
+        fs::write(dir.path().join("tmp/123.4"), b"half a write").unwrap();
+        // A record file with a broken checksum is dropped at start.
+        let bad = Id::hash(b"bad");
+        let p = store.path_of(EntryKind::Record, &bad);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, b"not a record at all, long enough to have a checksum").unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get_record(key).await.unwrap(), Some((1, rec)));
+        assert!(store.meta(&bad).is_none());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}
