@@ -147,7 +147,7 @@ async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Node(a) => node(a).await,
         Cmd::Put { ring, local_file, remote_path, chunk_size } => {
-            let mut cfg = ClientConfig::new(ring.ring);
+            let mut cfg = cli_config(ring.ring);
             if let Some(c) = chunk_size {
                 cfg.chunk_bytes = c;
             }
@@ -179,7 +179,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Get { ring, remote_path, local_file } => {
-            let client = Client::connect(ClientConfig::new(ring.ring)).await?;
+            let client = Client::connect(cli_config(ring.ring)).await?;
             let f = client.resolve(&remote_path).await?;
             if f.inode.kind == Kind::Dir {
                 bail!("{remote_path} is a directory");
@@ -238,6 +238,13 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Status { ring, json } => status(&ring.ring, json).await,
         Cmd::Mount { .. } => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// A streaming command reads or writes each chunk once: a cache would only cost memory.
+fn cli_config(ring: String) -> ClientConfig {
+    let mut cfg = ClientConfig::new(ring);
+    cfg.cache_bytes = 0;
+    cfg
 }
 
 fn bar(len: u64, verb: &str) -> ProgressBar {

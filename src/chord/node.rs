@@ -243,7 +243,7 @@ impl Node {
         let more = self
             .replicate(required - 1, || Request::PutChunk {
                 key,
-                data: serde_bytes::ByteBuf::from(data.to_vec()),
+                data: data.clone(),
                 replicate: false,
             })
             .await;
@@ -345,12 +345,12 @@ impl Node {
                 if self.leaving.load(Ordering::Acquire) && replicate {
                     return Response::error(ErrorKind::ShuttingDown, "node is leaving");
                 }
-                self.put_chunk(key, Bytes::from(data.into_vec()), replicate).await
+                self.put_chunk(key, data, replicate).await
             }
             Request::GetChunk { key } => {
                 self.counters.chunk_gets.fetch_add(1, Ordering::Relaxed);
                 match self.store.get_chunk(key).await {
-                    Ok(Some(d)) => Response::Chunk(serde_bytes::ByteBuf::from(d.to_vec())),
+                    Ok(Some(d)) => Response::Chunk(d),
                     Ok(None) => Response::NotFound,
                     Err(e) => store_error(e),
                 }

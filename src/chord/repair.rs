@@ -185,7 +185,7 @@ impl Node {
             EntryKind::Chunk => match self.store.get_chunk(*key).await {
                 Ok(Some(data)) => Request::PutChunk {
                     key: *key,
-                    data: serde_bytes::ByteBuf::from(data.to_vec()),
+                    data,
                     replicate: false,
                 },
                 _ => return false,

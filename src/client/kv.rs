@@ -48,14 +48,11 @@ impl Client {
             for peer in self.candidates(&key).into_iter().take(2) {
                 let req = Request::PutChunk {
                     key,
-                    data: serde_bytes::ByteBuf::from(data.to_vec()),
+                    data: data.clone(),
                     replicate: true,
                 };
                 match self.call(&peer, req).await {
-                    Ok(Response::Stored { .. }) => {
-                        self.cache.insert(key, data.clone()).await;
-                        return Ok(key);
-                    }
+                    Ok(Response::Stored { .. }) => return Ok(key),
                     Ok(other) => last = format!("{} answered {other:?}", peer.addr),
                     Err(e) => {
                         if e.is_unreachable() {
@@ -92,7 +89,6 @@ impl Client {
             for peer in peers {
                 match self.call(&peer, Request::GetChunk { key: *key }).await {
                     Ok(Response::Chunk(data)) => {
-                        let data = Bytes::from(data.into_vec());
                         if Id::hash(&data) == *key {
                             self.cache.insert(*key, data.clone()).await;
                             return Ok(data);
@@ -118,7 +114,7 @@ impl Client {
     /// when the primary is down, the newest copy among the replicas.
     pub async fn get_record(&self, key: &Id) -> Result<Option<(u64, Record)>> {
         let started = Instant::now();
-        let mut last = String::new();
+        let mut last;
         for attempt in 0.. {
             let peers = self.candidates(key);
             let Some(primary) = peers.first().cloned() else {
@@ -160,7 +156,7 @@ impl Client {
     /// Compare-and-set at the key's primary: `expect` is the version read (0: absent).
     pub async fn cas_record(&self, key: &Id, expect: u64, record: Record) -> Result<Cas> {
         let started = Instant::now();
-        let mut last = String::new();
+        let mut last;
         for attempt in 0.. {
             let Some(primary) = self.candidates(key).first().cloned() else {
                 self.backoff(started, attempt, "record", "empty ring view").await?;

@@ -67,7 +67,7 @@ mod tests {
             Request::FindSuccessor { key: Id::hash(b"k"), avoid: vec![Id::hash(b"x")] },
             Request::PutChunk {
                 key: Id::hash(b"data"),
-                data: serde_bytes::ByteBuf::from(b"data".to_vec()),
+                data: Bytes::from_static(b"data"),
                 replicate: true,
             },
             Request::HaveKeys { keys: vec![Id::ZERO; 3] },

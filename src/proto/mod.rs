@@ -9,7 +9,7 @@ pub mod record;
 
 use crate::id::Id;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
+use bytes::Bytes;
 
 pub use record::{DirEntry, Inode, Kind, Record, Timespec};
 
@@ -50,7 +50,7 @@ pub enum Request {
     Leave { peer: Peer, predecessor: Option<Peer>, successors: Vec<Peer> },
     /// Store an immutable chunk. With `replicate`, the receiver forwards it to its
     /// successors and answers once min(R, live) copies are durable.
-    PutChunk { key: Id, data: ByteBuf, replicate: bool },
+    PutChunk { key: Id, data: Bytes, replicate: bool },
     GetChunk { key: Id },
     /// Compare-and-set a record at the key's primary: succeeds when the current version
     /// equals `expect` (0 = absent); the new version is `expect + 1`.
@@ -78,7 +78,7 @@ pub enum Response {
     Ok,
     /// A key was stored on this many nodes, durably.
     Stored { copies: u32 },
-    Chunk(ByteBuf),
+    Chunk(Bytes),
     Record { version: u64, record: Record },
     /// CAS failed: the version now held.
     Conflict { current: u64 },

@@ -1,0 +1,31 @@
+//! In-process simulation of lookup path lengths on a converged ring of N nodes, using the
+//! node's own routing code. Prints one JSON line: nodes, lookups, mean and p99 hops, and
+//! the paper's ½·log2(N). Used by scripts/bench.sh.
+//!
+//! cargo run --release --example lookup_hops -- [NODES] [LOOKUPS]
+
+use chordfs::chord::routing::{converged_tables, simulate_lookup_indexed};
+use chordfs::id::Id;
+use std::collections::HashMap;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let nodes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let lookups: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let ids: Vec<Id> = (0..nodes as u64).map(|i| Id::hash(format!("node-{i}").as_bytes())).collect();
+    let tables = converged_tables(&ids, 8);
+    let index: HashMap<Id, usize> = tables.iter().enumerate().map(|(i, t)| (t.me.id, i)).collect();
+    let mut hops: Vec<u32> = (0..lookups as u64)
+        .map(|k| {
+            let key = Id::hash(format!("key-{k}").as_bytes());
+            simulate_lookup_indexed(&tables, &index, (k as usize * 7919) % nodes, &key).0
+        })
+        .collect();
+    hops.sort_unstable();
+    let mean = hops.iter().map(|h| *h as f64).sum::<f64>() / hops.len().max(1) as f64;
+    let p99 = hops[((hops.len() as f64 * 0.99) as usize).min(hops.len() - 1)];
+    println!(
+        "{{\"nodes\": {nodes}, \"lookups\": {lookups}, \"mean_hops\": {mean:.3}, \"p99_hops\": {p99}, \"half_log2_n\": {:.3}}}",
+        0.5 * (nodes as f64).log2()
+    );
+}
