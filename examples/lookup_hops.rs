@@ -12,9 +12,15 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let nodes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let lookups: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let ids: Vec<Id> = (0..nodes as u64).map(|i| Id::hash(format!("node-{i}").as_bytes())).collect();
+    let ids: Vec<Id> = (0..nodes as u64)
+        .map(|i| Id::hash(format!("node-{i}").as_bytes()))
+        .collect();
     let tables = converged_tables(&ids, 8);
-    let index: HashMap<Id, usize> = tables.iter().enumerate().map(|(i, t)| (t.me.id, i)).collect();
+    let index: HashMap<Id, usize> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.me.id, i))
+        .collect();
     let mut hops: Vec<u32> = (0..lookups as u64)
         .map(|k| {
             let key = Id::hash(format!("key-{k}").as_bytes());

@@ -12,7 +12,10 @@ use tokio::net::TcpListener;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("data dir: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("node id file: {0}")]
@@ -48,23 +51,42 @@ pub struct StartOptions {
 pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
     let listener = TcpListener::bind(&opts.listen)
         .await
-        .map_err(|source| DaemonError::Bind { addr: opts.listen.clone(), source })?;
+        .map_err(|source| DaemonError::Bind {
+            addr: opts.listen.clone(),
+            source,
+        })?;
     let addr = listener
         .local_addr()
-        .map_err(|source| DaemonError::Bind { addr: opts.listen.clone(), source })?
+        .map_err(|source| DaemonError::Bind {
+            addr: opts.listen.clone(),
+            source,
+        })?
         .to_string();
     opts.cfg.addr = addr.clone();
     let store = Store::open(&opts.cfg.data_dir)?;
     let id = load_or_create_id(&opts.cfg.data_dir, &addr).map_err(DaemonError::Id)?;
     let node = Node::new(opts.cfg.clone(), id, store, TcpTransport::new());
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(net::serve(listener, node.clone(), node.shutdown.clone())));
+    tasks.push(tokio::spawn(net::serve(
+        listener,
+        node.clone(),
+        node.shutdown.clone(),
+    )));
 
     let mut http_addr = None;
     if let Some(h) = &opts.http {
-        let l = TcpListener::bind(h).await.map_err(|source| DaemonError::Bind { addr: h.clone(), source })?;
+        let l = TcpListener::bind(h)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                addr: h.clone(),
+                source,
+            })?;
         http_addr = l.local_addr().ok().map(|a| a.to_string());
-        tasks.push(tokio::spawn(crate::http::serve(l, node.clone(), node.shutdown.clone())));
+        tasks.push(tokio::spawn(crate::http::serve(
+            l,
+            node.clone(),
+            node.shutdown.clone(),
+        )));
     }
 
     if let Some(via) = &opts.join {
@@ -84,20 +106,35 @@ pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
         }
         if let Some(source) = last {
             node.shutdown.cancel();
-            return Err(DaemonError::Join { via: via.clone(), source });
+            return Err(DaemonError::Join {
+                via: via.clone(),
+                source,
+            });
         }
     }
     tasks.push(tokio::spawn(node.clone().run_maintenance()));
     tasks.push(tokio::spawn(node.clone().run_repair()));
 
-    let endpoints = Endpoints { id: id.to_hex(), addr, http: http_addr.clone(), pid: std::process::id() };
+    let endpoints = Endpoints {
+        id: id.to_hex(),
+        addr,
+        http: http_addr.clone(),
+        pid: std::process::id(),
+    };
     let json = serde_json::to_string_pretty(&endpoints).expect("endpoints serialize");
     let path = opts.cfg.data_dir.join("node.json");
     let tmp = opts.cfg.data_dir.join("node.json.tmp");
-    if std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+    if std::fs::write(&tmp, json)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .is_err()
+    {
         tracing::warn!("could not write {}", path.display());
     }
-    Ok(Running { node, http_addr, tasks })
+    Ok(Running {
+        node,
+        http_addr,
+        tasks,
+    })
 }
 
 impl Running {

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "chordfs", version, about = "A distributed file store on a Chord ring")]
+#[command(
+    name = "chordfs",
+    version,
+    about = "A distributed file store on a Chord ring"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -135,10 +139,18 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Mount { ring, mountpoint, options, foreground } => {
-            chordfs::fs::run(chordfs::fs::MountArgs { ring: ring.ring, mountpoint, options, foreground })
-                .context("mount failed")
-        }
+        Cmd::Mount {
+            ring,
+            mountpoint,
+            options,
+            foreground,
+        } => chordfs::fs::run(chordfs::fs::MountArgs {
+            ring: ring.ring,
+            mountpoint,
+            options,
+            foreground,
+        })
+        .context("mount failed"),
         other => tokio::runtime::Runtime::new()?.block_on(run(other)),
     }
 }
@@ -146,18 +158,28 @@ fn main() -> Result<()> {
 async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Node(a) => node(a).await,
-        Cmd::Put { ring, local_file, remote_path, chunk_size } => {
+        Cmd::Put {
+            ring,
+            local_file,
+            remote_path,
+            chunk_size,
+        } => {
             let mut cfg = cli_config(ring.ring);
             if let Some(c) = chunk_size {
                 cfg.chunk_bytes = c;
             }
             let client = Client::connect(cfg).await?;
-            let name = local_file.file_name().and_then(|n| n.to_str()).context("local file has no name")?;
+            let name = local_file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("local file has no name")?;
             let remote = match remote_path {
                 None => format!("/{name}"),
                 Some(p) if p.ends_with('/') => format!("{p}{name}"),
                 Some(p) => match client.resolve(&p).await {
-                    Ok(r) if r.inode.kind == Kind::Dir => format!("{}/{name}", p.trim_end_matches('/')),
+                    Ok(r) if r.inode.kind == Kind::Dir => {
+                        format!("{}/{name}", p.trim_end_matches('/'))
+                    }
                     _ => p,
                 },
             };
@@ -172,13 +194,26 @@ async fn run(cmd: Cmd) -> Result<()> {
             let bar = bar(meta.len(), "put");
             let mut reader = tokio::io::BufReader::with_capacity(1 << 20, file);
             let done = client
-                .put_file(&remote, &mut reader, meta.permissions().mode() & 0o7777, &|n| bar.inc(n))
+                .put_file(
+                    &remote,
+                    &mut reader,
+                    meta.permissions().mode() & 0o7777,
+                    &|n| bar.inc(n),
+                )
                 .await?;
             bar.finish_and_clear();
-            eprintln!("stored {remote}: {} bytes in {} chunks", done.inode.size, done.inode.chunks.len());
+            eprintln!(
+                "stored {remote}: {} bytes in {} chunks",
+                done.inode.size,
+                done.inode.chunks.len()
+            );
             Ok(())
         }
-        Cmd::Get { ring, remote_path, local_file } => {
+        Cmd::Get {
+            ring,
+            remote_path,
+            local_file,
+        } => {
             let client = Client::connect(cli_config(ring.ring)).await?;
             let f = client.resolve(&remote_path).await?;
             if f.inode.kind == Kind::Dir {
@@ -220,9 +255,14 @@ async fn run(cmd: Cmd) -> Result<()> {
                 println!("{}", ls_line(&target.inode, &path));
                 return Ok(());
             }
-            let names: Vec<(String, chordfs::proto::DirEntry)> =
-                target.inode.entries.iter().map(|(n, e)| (n.clone(), *e)).collect();
-            let inodes = futures::future::join_all(names.iter().map(|(_, e)| client.get_inode(&e.id))).await;
+            let names: Vec<(String, chordfs::proto::DirEntry)> = target
+                .inode
+                .entries
+                .iter()
+                .map(|(n, e)| (n.clone(), *e))
+                .collect();
+            let inodes =
+                futures::future::join_all(names.iter().map(|(_, e)| client.get_inode(&e.id))).await;
             for ((name, _), ino) in names.iter().zip(inodes) {
                 match ino {
                     Ok(r) => println!("{}", ls_line(&r.inode, name)),
@@ -231,7 +271,11 @@ async fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Rm { ring, remote_path, recursive } => {
+        Cmd::Rm {
+            ring,
+            remote_path,
+            recursive,
+        } => {
             let client = Client::connect(ClientConfig::new(ring.ring)).await?;
             remove(&client, &remote_path, recursive).await
         }
@@ -250,8 +294,10 @@ fn cli_config(ring: String) -> ClientConfig {
 fn bar(len: u64, verb: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{msg} {bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template"),
     );
     bar.set_message(verb.to_string());
     bar
@@ -274,7 +320,10 @@ fn ls_line(ino: &chordfs::proto::Inode, name: &str) -> String {
         perms.push(if bits & 2 != 0 { 'w' } else { '-' });
         perms.push(if bits & 1 != 0 { 'x' } else { '-' });
     }
-    let mut line = format!("{t}{perms} {:>3} {:>5} {:>5} {:>12} {:>10} {name}", ino.nlink, ino.uid, ino.gid, ino.size, ino.mtime.secs);
+    let mut line = format!(
+        "{t}{perms} {:>3} {:>5} {:>5} {:>12} {:>10} {name}",
+        ino.nlink, ino.uid, ino.gid, ino.size, ino.mtime.secs
+    );
     if ino.kind == Kind::Symlink {
         line.push_str(&format!(" -> {}", ino.target));
     }
@@ -283,14 +332,24 @@ fn ls_line(ino: &chordfs::proto::Inode, name: &str) -> String {
 
 async fn remove(client: &Client, path: &str, recursive: bool) -> Result<()> {
     let (parent, name) = client.resolve_parent(path).await?;
-    let entry = parent.inode.entries.get(name).copied().with_context(|| format!("no such file: {path}"))?;
+    let entry = parent
+        .inode
+        .entries
+        .get(name)
+        .copied()
+        .with_context(|| format!("no such file: {path}"))?;
     if entry.kind == Kind::Dir {
         if !recursive {
             bail!("{path} is a directory (use -r)");
         }
         let dir = client.get_inode(&entry.id).await?;
         for child in dir.inode.entries.keys() {
-            Box::pin(remove(client, &format!("{}/{child}", path.trim_end_matches('/')), true)).await?;
+            Box::pin(remove(
+                client,
+                &format!("{}/{child}", path.trim_end_matches('/')),
+                true,
+            ))
+            .await?;
         }
         client.unlink_child(&parent.id, name, true).await?;
     } else {
@@ -310,14 +369,23 @@ async fn status(ring: &str, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<16} {:<22} {:<16} {:<16} {:>8} {:>8} {:>12} {:>6}", "ID", "ADDR", "PREDECESSOR", "SUCCESSOR", "CHUNKS", "RECORDS", "BYTES", "SHARE");
+    println!(
+        "{:<16} {:<22} {:<16} {:<16} {:>8} {:>8} {:>12} {:>6}",
+        "ID", "ADDR", "PREDECESSOR", "SUCCESSOR", "CHUNKS", "RECORDS", "BYTES", "SHARE"
+    );
     for r in &rows {
         println!(
             "{:<16} {:<22} {:<16} {:<16} {:>8} {:>8} {:>12} {:>5.1}%",
             &r.id[..16.min(r.id.len())],
             r.addr,
-            r.predecessor.as_deref().map(|s| &s[..16.min(s.len())]).unwrap_or("-"),
-            r.successor.as_deref().map(|s| &s[..16.min(s.len())]).unwrap_or("-"),
+            r.predecessor
+                .as_deref()
+                .map(|s| &s[..16.min(s.len())])
+                .unwrap_or("-"),
+            r.successor
+                .as_deref()
+                .map(|s| &s[..16.min(s.len())])
+                .unwrap_or("-"),
             r.chunks.map(|v| v.to_string()).unwrap_or("?".into()),
             r.records.map(|v| v.to_string()).unwrap_or("?".into()),
             r.bytes.map(|v| v.to_string()).unwrap_or("?".into()),
@@ -350,7 +418,11 @@ async fn node(a: NodeArgs) -> Result<()> {
         "chordfs node {} listening on {}{} data {}",
         n.me.id,
         n.me.addr,
-        running.http_addr.as_ref().map(|h| format!(" status http://{h}/")).unwrap_or_default(),
+        running
+            .http_addr
+            .as_ref()
+            .map(|h| format!(" status http://{h}/"))
+            .unwrap_or_default(),
         a.data.display()
     );
     use tokio::signal::unix::{signal, SignalKind};

@@ -18,13 +18,26 @@ impl Node {
         for _ in 0..super::node::MAX_LOOKUP_HOPS {
             let resp = self
                 .net
-                .call(&cur_addr, Request::FindSuccessor { key: self.me.id, avoid: avoid.clone() }, timeout)
+                .call(
+                    &cur_addr,
+                    Request::FindSuccessor {
+                        key: self.me.id,
+                        avoid: avoid.clone(),
+                    },
+                    timeout,
+                )
                 .await?;
             match resp {
                 Response::Found { successors, .. } => {
-                    let list: Vec<Peer> = successors.into_iter().filter(|p| p.id != self.me.id).collect();
+                    let list: Vec<Peer> = successors
+                        .into_iter()
+                        .filter(|p| p.id != self.me.id)
+                        .collect();
                     if let Some(first) = list.first().cloned() {
-                        self.routing.write().expect("routing lock").set_successors(first, &list[1..]);
+                        self.routing
+                            .write()
+                            .expect("routing lock")
+                            .set_successors(first, &list[1..]);
                     }
                     self.stabilize().await;
                     return Ok(());
@@ -34,7 +47,10 @@ impl Node {
                 other => return Err(RpcError::unexpected(&cur_addr, &other)),
             }
         }
-        Err(RpcError::Unexpected { addr: via.to_string(), detail: "join lookup did not converge".into() })
+        Err(RpcError::Unexpected {
+            addr: via.to_string(),
+            detail: "join lookup did not converge".into(),
+        })
     }
 
     /// Ask the successor for its predecessor, adopt it if it sits between us, refresh the
@@ -42,12 +58,25 @@ impl Node {
     /// and the next one in the list takes its place.
     pub async fn stabilize(&self) {
         for _ in 0..self.cfg.successor_list_len.max(1) + 1 {
-            let succ = self.routing.read().expect("routing lock").successor().clone();
+            let succ = self
+                .routing
+                .read()
+                .expect("routing lock")
+                .successor()
+                .clone();
             if succ.id == self.me.id {
                 // Alone, or everyone after us has died: a known predecessor closes the loop.
-                let pred = self.routing.read().expect("routing lock").predecessor.clone();
+                let pred = self
+                    .routing
+                    .read()
+                    .expect("routing lock")
+                    .predecessor
+                    .clone();
                 if let Some(p) = pred {
-                    self.routing.write().expect("routing lock").set_successors(p, &[]);
+                    self.routing
+                        .write()
+                        .expect("routing lock")
+                        .set_successors(p, &[]);
                     continue;
                 }
                 return;
@@ -65,8 +94,18 @@ impl Node {
                             }
                         }
                     }
-                    self.routing.write().expect("routing lock").set_successors(first.clone(), &tail);
-                    let _ = self.call(&first, Request::Notify { candidate: self.me.clone() }).await;
+                    self.routing
+                        .write()
+                        .expect("routing lock")
+                        .set_successors(first.clone(), &tail);
+                    let _ = self
+                        .call(
+                            &first,
+                            Request::Notify {
+                                candidate: self.me.clone(),
+                            },
+                        )
+                        .await;
                     return;
                 }
                 Ok(_) | Err(_) => {
@@ -84,7 +123,11 @@ impl Node {
             let start = self.me.id.add_pow2(i);
             match self.lookup(&start, false).await {
                 Ok((_, successors, _)) => {
-                    i = self.routing.write().expect("routing lock").set_finger(i, successors[0].clone());
+                    i = self
+                        .routing
+                        .write()
+                        .expect("routing lock")
+                        .set_finger(i, successors[0].clone());
                 }
                 Err(_) => i += 1,
             }
@@ -96,7 +139,12 @@ impl Node {
 
     /// Clears the predecessor when it no longer answers, so a live node can take its place.
     pub async fn check_predecessor(&self) {
-        let pred = self.routing.read().expect("routing lock").predecessor.clone();
+        let pred = self
+            .routing
+            .read()
+            .expect("routing lock")
+            .predecessor
+            .clone();
         if let Some(p) = pred {
             match self.call(&p, Request::Ping).await {
                 Ok(Response::Pong { .. }) => {}
@@ -121,7 +169,8 @@ impl Node {
     /// Graceful leave: close the ring around this node, then hand every key to the nodes
     /// that hold it once this one is gone, verified, before returning.
     pub async fn leave(&self) {
-        self.leaving.store(true, std::sync::atomic::Ordering::Release);
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::Release);
         let r = self.snapshot();
         let msg = Request::Leave {
             peer: self.me.clone(),
@@ -137,7 +186,9 @@ impl Node {
         for attempt in 0..5 {
             match self.repair_pass(true).await {
                 Ok(left) if left == 0 => break,
-                Ok(left) => tracing::warn!("leave: {left} keys not yet handed over (attempt {attempt})"),
+                Ok(left) => {
+                    tracing::warn!("leave: {left} keys not yet handed over (attempt {attempt})")
+                }
                 Err(e) => tracing::warn!("leave: hand-over failed: {e}"),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

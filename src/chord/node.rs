@@ -82,7 +82,10 @@ pub struct Node {
 pub fn load_or_create_id(dir: &std::path::Path, addr: &str) -> std::io::Result<Id> {
     let path = dir.join("node.id");
     match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)?;
             let nonce: [u8; 16] = rand::random();
@@ -99,7 +102,10 @@ pub fn load_or_create_id(dir: &std::path::Path, addr: &str) -> std::io::Result<I
 
 impl Node {
     pub fn new(cfg: NodeConfig, id: Id, store: Arc<Store>, net: Arc<dyn Transport>) -> Arc<Node> {
-        let me = Peer { id, addr: cfg.addr.clone() };
+        let me = Peer {
+            id,
+            addr: cfg.addr.clone(),
+        };
         let list_len = cfg.successor_list_len.max(cfg.replicas + 1);
         Arc::new(Node {
             routing: RwLock::new(Routing::new(me.clone(), list_len)),
@@ -132,7 +138,13 @@ impl Node {
     pub fn stats(&self) -> NodeStats {
         let (chunks, records, bytes) = self.store.counts();
         let (disk_total, disk_free) = store::disk_space(self.store.dir());
-        NodeStats { chunks, records, bytes, disk_total, disk_free }
+        NodeStats {
+            chunks,
+            records,
+            bytes,
+            disk_total,
+            disk_free,
+        }
     }
 
     pub async fn call(&self, peer: &Peer, req: Request) -> Result<Response, RpcError> {
@@ -142,7 +154,11 @@ impl Node {
     /// Iterative lookup, starting from this node's own table. Peers that fail to answer
     /// are avoided and the lookup backs up, so it stays right while the ring settles.
     /// With `avoid_self`, this node is treated as gone (a graceful leave).
-    pub async fn lookup(&self, key: &Id, avoid_self: bool) -> Result<(Peer, Vec<Peer>, u32), RpcError> {
+    pub async fn lookup(
+        &self,
+        key: &Id,
+        avoid_self: bool,
+    ) -> Result<(Peer, Vec<Peer>, u32), RpcError> {
         let mut avoid: Vec<Id> = if avoid_self { vec![self.me.id] } else { vec![] };
         let mut path: Vec<Peer> = Vec::new();
         let mut hops = 0u32;
@@ -151,8 +167,19 @@ impl Node {
                 None => self.routing.read().expect("routing lock").step(key, &avoid),
                 Some(p) => {
                     hops += 1;
-                    match self.call(p, Request::FindSuccessor { key: *key, avoid: avoid.clone() }).await {
-                        Ok(Response::Found { from, successors }) => Step::Found { from, successors },
+                    match self
+                        .call(
+                            p,
+                            Request::FindSuccessor {
+                                key: *key,
+                                avoid: avoid.clone(),
+                            },
+                        )
+                        .await
+                    {
+                        Ok(Response::Found { from, successors }) => {
+                            Step::Found { from, successors }
+                        }
                         Ok(Response::Next { peer }) => Step::Next(peer),
                         Ok(other) => return Err(RpcError::unexpected(&p.addr, &other)),
                         Err(e) if e.is_unreachable() => {
@@ -166,12 +193,20 @@ impl Node {
             };
             match step {
                 Step::Found { from, successors } => {
-                    let live: Vec<Peer> = successors.into_iter().filter(|p| !avoid.contains(&p.id)).collect();
+                    let live: Vec<Peer> = successors
+                        .into_iter()
+                        .filter(|p| !avoid.contains(&p.id))
+                        .collect();
                     if live.is_empty() {
-                        return Err(RpcError::Unexpected { addr: from.addr, detail: "no live successor".into() });
+                        return Err(RpcError::Unexpected {
+                            addr: from.addr,
+                            detail: "no live successor".into(),
+                        });
                     }
                     self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-                    self.counters.lookup_hops.fetch_add(hops as u64, Ordering::Relaxed);
+                    self.counters
+                        .lookup_hops
+                        .fetch_add(hops as u64, Ordering::Relaxed);
                     return Ok((from, live, hops));
                 }
                 Step::Next(p) if p.id == self.me.id => path.clear(),
@@ -183,7 +218,10 @@ impl Node {
                 }
             }
         }
-        Err(RpcError::Unexpected { addr: self.me.addr.clone(), detail: format!("lookup of {key:?} did not converge") })
+        Err(RpcError::Unexpected {
+            addr: self.me.addr.clone(),
+            detail: format!("lookup of {key:?} did not converge"),
+        })
     }
 
     /// True when this node is the primary for `key` as far as it knows.
@@ -198,7 +236,11 @@ impl Node {
     /// The peers after this node that hold its replicas: up to R-1 distinct successors.
     pub fn replica_targets(&self) -> Vec<Peer> {
         let r = self.routing.read().expect("routing lock");
-        r.successors.iter().filter(|p| p.id != self.me.id).cloned().collect()
+        r.successors
+            .iter()
+            .filter(|p| p.id != self.me.id)
+            .cloned()
+            .collect()
     }
 
     /// Sends `req` (built per target) to successors until `want` of them acknowledge.
@@ -249,9 +291,14 @@ impl Node {
             .await;
         let copies = 1 + more;
         if copies < required {
-            return Response::error(ErrorKind::Unavailable, format!("only {copies} of {required} copies durable"));
+            return Response::error(
+                ErrorKind::Unavailable,
+                format!("only {copies} of {required} copies durable"),
+            );
         }
-        Response::Stored { copies: copies as u32 }
+        Response::Stored {
+            copies: copies as u32,
+        }
     }
 
     /// The newest copy of a record among this node and its replicas, stored here if newer.
@@ -259,7 +306,9 @@ impl Node {
         let local = self.store.get_record(key).await.ok().flatten();
         let targets = self.replica_targets();
         let want = self.cfg.replicas.saturating_sub(1).min(targets.len());
-        let calls = targets[..want].iter().map(|p| self.call(p, Request::GetRecord { key, pull: false }));
+        let calls = targets[..want]
+            .iter()
+            .map(|p| self.call(p, Request::GetRecord { key, pull: false }));
         let mut best = local.clone();
         for res in futures::future::join_all(calls).await {
             if let Ok(Response::Record { version, record }) = res {
@@ -270,7 +319,10 @@ impl Node {
         }
         if let Some((v, rec)) = &best {
             if local.as_ref().is_none_or(|(lv, _)| v > lv) {
-                let _ = self.store.put_record_if(key, *v, rec.clone(), |cur| *v > cur).await;
+                let _ = self
+                    .store
+                    .put_record_if(key, *v, rec.clone(), |cur| *v > cur)
+                    .await;
             }
         }
         best
@@ -279,7 +331,10 @@ impl Node {
     async fn cas_record(&self, key: Id, expect: u64, record: Record) -> Response {
         self.counters.record_puts.fetch_add(1, Ordering::Relaxed);
         if !self.is_primary(&key) {
-            return Response::error(ErrorKind::WrongNode, format!("{} is not the primary of {key}", self.me.addr));
+            return Response::error(
+                ErrorKind::WrongNode,
+                format!("{} is not the primary of {key}", self.me.addr),
+            );
         }
         let held = self.store.meta(&key).map(|m| m.version).unwrap_or(0);
         if held < expect || held == 0 {
@@ -287,19 +342,31 @@ impl Node {
             self.pull_record(key).await;
         }
         let version = expect + 1;
-        let res = self.store.put_record_if(key, version, record.clone(), |cur| cur == expect).await;
+        let res = self
+            .store
+            .put_record_if(key, version, record.clone(), |cur| cur == expect)
+            .await;
         match res {
             Err(e) => store_error(e),
             Ok((current, false)) => Response::Conflict { current },
             Ok((_, true)) => {
                 let required = self.required_copies();
                 let more = self
-                    .replicate(required - 1, || Request::PutRecordCopy { key, version, record: record.clone() })
+                    .replicate(required - 1, || Request::PutRecordCopy {
+                        key,
+                        version,
+                        record: record.clone(),
+                    })
                     .await;
                 if 1 + more < required {
-                    return Response::error(ErrorKind::Unavailable, format!("only {} of {required} copies durable", 1 + more));
+                    return Response::error(
+                        ErrorKind::Unavailable,
+                        format!("only {} of {required} copies durable", 1 + more),
+                    );
                 }
-                Response::Stored { copies: (1 + more) as u32 }
+                Response::Stored {
+                    copies: (1 + more) as u32,
+                }
             }
         }
     }
@@ -310,23 +377,37 @@ impl Node {
             Request::Ping => Response::Pong { id: self.me.id },
             Request::GetState => Response::State(self.state()),
             Request::FindSuccessor { key, avoid } => {
-                match self.routing.read().expect("routing lock").step(&key, &avoid) {
+                match self
+                    .routing
+                    .read()
+                    .expect("routing lock")
+                    .step(&key, &avoid)
+                {
                     Step::Found { from, successors } => Response::Found { from, successors },
                     Step::Next(peer) => Response::Next { peer },
                 }
             }
             Request::Notify { candidate } => {
-                let changed = self.routing.write().expect("routing lock").notify(&candidate);
+                let changed = self
+                    .routing
+                    .write()
+                    .expect("routing lock")
+                    .notify(&candidate);
                 if changed {
                     // A new predecessor takes over part of our range: hand it its keys.
                     self.repair_wake.notify_one();
                 }
                 Response::Ok
             }
-            Request::Leave { peer, predecessor, successors } => {
+            Request::Leave {
+                peer,
+                predecessor,
+                successors,
+            } => {
                 let mut r = self.routing.write().expect("routing lock");
                 if r.successor().id == peer.id {
-                    let tail: Vec<Peer> = successors.into_iter().filter(|p| p.id != peer.id).collect();
+                    let tail: Vec<Peer> =
+                        successors.into_iter().filter(|p| p.id != peer.id).collect();
                     r.remove(&peer.id);
                     if let Some(first) = tail.first().cloned() {
                         r.set_successors(first, &tail[1..]);
@@ -341,7 +422,11 @@ impl Node {
                 self.repair_wake.notify_one();
                 Response::Ok
             }
-            Request::PutChunk { key, data, replicate } => {
+            Request::PutChunk {
+                key,
+                data,
+                replicate,
+            } => {
                 if self.leaving.load(Ordering::Acquire) && replicate {
                     return Response::error(ErrorKind::ShuttingDown, "node is leaving");
                 }
@@ -355,14 +440,26 @@ impl Node {
                     Err(e) => store_error(e),
                 }
             }
-            Request::CasRecord { key, expect, record } => {
+            Request::CasRecord {
+                key,
+                expect,
+                record,
+            } => {
                 if self.leaving.load(Ordering::Acquire) {
                     return Response::error(ErrorKind::ShuttingDown, "node is leaving");
                 }
                 self.cas_record(key, expect, record).await
             }
-            Request::PutRecordCopy { key, version, record } => {
-                match self.store.put_record_if(key, version, record, |cur| version > cur).await {
+            Request::PutRecordCopy {
+                key,
+                version,
+                record,
+            } => {
+                match self
+                    .store
+                    .put_record_if(key, version, record, |cur| version > cur)
+                    .await
+                {
                     Ok(_) => Response::Ok,
                     Err(e) => store_error(e),
                 }
@@ -381,9 +478,11 @@ impl Node {
                     None => Response::NotFound,
                 }
             }
-            Request::HaveKeys { keys } => {
-                Response::Versions(keys.iter().map(|k| self.store.meta(k).map(|m| m.version)).collect())
-            }
+            Request::HaveKeys { keys } => Response::Versions(
+                keys.iter()
+                    .map(|k| self.store.meta(k).map(|m| m.version))
+                    .collect(),
+            ),
             Request::Stats => Response::Stats(self.stats()),
         }
     }
@@ -391,7 +490,9 @@ impl Node {
 
 fn store_error(e: store::StoreError) -> Response {
     match e {
-        store::StoreError::HashMismatch { .. } => Response::error(ErrorKind::HashMismatch, e.to_string()),
+        store::StoreError::HashMismatch { .. } => {
+            Response::error(ErrorKind::HashMismatch, e.to_string())
+        }
         _ => Response::error(ErrorKind::Storage, e.to_string()),
     }
 }

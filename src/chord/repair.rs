@@ -81,7 +81,11 @@ impl Node {
             s.keys_total = keys.len() as u64;
             s.keys_checked = 0;
         });
-        let mut throttle = Throttle { start: Instant::now(), bytes: 0, rate: self.cfg.repair_bytes_per_sec };
+        let mut throttle = Throttle {
+            start: Instant::now(),
+            bytes: 0,
+            rate: self.cfg.repair_bytes_per_sec,
+        };
         let mut unsettled = 0usize;
         let mut under = 0u64;
         let mut i = 0;
@@ -107,7 +111,9 @@ impl Node {
                     holders.push(p);
                 }
             }
-            let (left, short) = self.repair_group(&keys[i..j], &holders, leaving, &mut throttle).await;
+            let (left, short) = self
+                .repair_group(&keys[i..j], &holders, leaving, &mut throttle)
+                .await;
             unsettled += left;
             under += short;
             let done = j as u64;
@@ -191,7 +197,11 @@ impl Node {
                 _ => return false,
             },
             EntryKind::Record => match self.store.get_record(*key).await {
-                Ok(Some((version, record))) => Request::PutRecordCopy { key: *key, version, record },
+                Ok(Some((version, record))) => Request::PutRecordCopy {
+                    key: *key,
+                    version,
+                    record,
+                },
                 _ => return false,
             },
         };
@@ -205,11 +215,19 @@ impl Node {
                 true
             }
             Ok(other) => {
-                tracing::warn!("repair push of {} to {} answered {other:?}", key.short(), peer.addr);
+                tracing::warn!(
+                    "repair push of {} to {} answered {other:?}",
+                    key.short(),
+                    peer.addr
+                );
                 false
             }
             Err(e) => {
-                tracing::debug!("repair push of {} to {} failed: {e}", key.short(), peer.addr);
+                tracing::debug!(
+                    "repair push of {} to {} failed: {e}",
+                    key.short(),
+                    peer.addr
+                );
                 false
             }
         }

@@ -47,29 +47,51 @@ impl Routing {
         if let Some(pred) = &self.predecessor {
             if key.in_open_closed(&pred.id, &self.me.id) && !avoid.contains(&self.me.id) {
                 let mut list = vec![self.me.clone()];
-                list.extend(self.successors.iter().filter(|p| p.id != self.me.id).cloned());
+                list.extend(
+                    self.successors
+                        .iter()
+                        .filter(|p| p.id != self.me.id)
+                        .cloned(),
+                );
                 list.truncate(self.list_len);
-                return Step::Found { from: pred.clone(), successors: list };
+                return Step::Found {
+                    from: pred.clone(),
+                    successors: list,
+                };
             }
         }
         let live: Vec<Peer> = self.successors.iter().filter(alive).cloned().collect();
         if let Some(first) = live.first() {
             if key.in_open_closed(&self.me.id, &first.id) {
-                return Step::Found { from: self.me.clone(), successors: live };
+                return Step::Found {
+                    from: self.me.clone(),
+                    successors: live,
+                };
             }
         } else {
-            return Step::Found { from: self.me.clone(), successors: vec![] };
+            return Step::Found {
+                from: self.me.clone(),
+                successors: vec![],
+            };
         }
         match self.closest_preceding_node(key, avoid) {
             Some(p) => Step::Next(p),
-            None => Step::Found { from: self.me.clone(), successors: live },
+            None => Step::Found {
+                from: self.me.clone(),
+                successors: live,
+            },
         }
     }
 
     /// The known peer closest before `key` (fingers and successors alike), if any is
     /// closer than this node.
     pub fn closest_preceding_node(&self, key: &Id, avoid: &[Id]) -> Option<Peer> {
-        let candidates = self.fingers.iter().rev().flatten().chain(self.successors.iter());
+        let candidates = self
+            .fingers
+            .iter()
+            .rev()
+            .flatten()
+            .chain(self.successors.iter());
         let mut best: Option<&Peer> = None;
         for p in candidates {
             if avoid.contains(&p.id) || p.id == self.me.id || !p.id.in_open(&self.me.id, key) {
@@ -169,7 +191,10 @@ impl Routing {
 pub fn converged_tables(ids: &[Id], list_len: usize) -> Vec<Routing> {
     let mut sorted: Vec<Id> = ids.to_vec();
     sorted.sort();
-    let peer = |id: Id| Peer { id, addr: id.short() };
+    let peer = |id: Id| Peer {
+        id,
+        addr: id.short(),
+    };
     let successor_of = |key: &Id| -> usize {
         match sorted.binary_search(key) {
             Ok(i) => i,
@@ -195,8 +220,11 @@ pub fn converged_tables(ids: &[Id], list_len: usize) -> Vec<Routing> {
 
 /// Hop counts of iterative lookups over converged tables: `(hops, owner)` per lookup.
 pub fn simulate_lookup(tables: &[Routing], start: usize, key: &Id) -> (u32, Id) {
-    let index: std::collections::HashMap<Id, usize> =
-        tables.iter().enumerate().map(|(i, t)| (t.me.id, i)).collect();
+    let index: std::collections::HashMap<Id, usize> = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.me.id, i))
+        .collect();
     simulate_lookup_indexed(tables, &index, start, key)
 }
 
@@ -227,13 +255,19 @@ mod tests {
 
     #[test]
     fn a_lone_node_owns_everything_and_learns_its_first_partner() {
-        let me = Peer { id: Id::hash(b"a"), addr: "a".into() };
+        let me = Peer {
+            id: Id::hash(b"a"),
+            addr: "a".into(),
+        };
         let mut r = Routing::new(me.clone(), 4);
         match r.step(&Id::hash(b"k"), &[]) {
             Step::Found { successors, .. } => assert_eq!(successors[0], me),
             s => panic!("{s:?}"),
         }
-        let other = Peer { id: Id::hash(b"b"), addr: "b".into() };
+        let other = Peer {
+            id: Id::hash(b"b"),
+            addr: "b".into(),
+        };
         assert!(r.notify(&other));
         assert_eq!(r.successor(), &other);
         assert_eq!(r.predecessor.as_ref(), Some(&other));
@@ -271,11 +305,16 @@ mod tests {
         let tables = converged_tables(&ids, 8);
         let mut sorted = ids.clone();
         sorted.sort();
-        let index = tables.iter().enumerate().map(|(i, t)| (t.me.id, i)).collect();
+        let index = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.me.id, i))
+            .collect();
         let mut total = 0u64;
         for k in 0..2000u32 {
             let key = Id::hash(&(k + 1_000_000).to_be_bytes());
-            let (hops, found) = simulate_lookup_indexed(&tables, &index, (k as usize * 7) % 1000, &key);
+            let (hops, found) =
+                simulate_lookup_indexed(&tables, &index, (k as usize * 7) % 1000, &key);
             assert_eq!(found, owner(&sorted, &key));
             total += hops as u64;
         }

@@ -60,7 +60,8 @@ impl Client {
             let index = keys.len();
             keys.push(Id::ZERO);
             while pending.len() >= parallel {
-                let (i, len, res): (usize, u64, Result<Id>) = pending.next().await.expect("non-empty");
+                let (i, len, res): (usize, u64, Result<Id>) =
+                    pending.next().await.expect("non-empty");
                 keys[i] = res?;
                 progress(len);
             }
@@ -112,7 +113,9 @@ impl Client {
         let end = (offset + len as u64).min(inode.size);
         let cb = inode.chunk_bytes.max(1) as u64;
         let (first, last) = ((offset / cb) as usize, ((end - 1) / cb) as usize);
-        let blocks: Vec<Bytes> = futures::future::try_join_all((first..=last).map(|i| self.read_block(inode, i))).await?;
+        let blocks: Vec<Bytes> =
+            futures::future::try_join_all((first..=last).map(|i| self.read_block(inode, i)))
+                .await?;
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (n, b) in blocks.iter().enumerate() {
             let base = (first + n) as u64 * cb;
@@ -185,7 +188,13 @@ impl Client {
             Ok(())
         };
         for _ in 0..16 {
-            if let Some(e) = parent.inode.entries.get(*name).copied().or(self.lookup_child(&parent.id, name).await?) {
+            if let Some(e) = parent
+                .inode
+                .entries
+                .get(*name)
+                .copied()
+                .or(self.lookup_child(&parent.id, name).await?)
+            {
                 let (_, r) = self.update_inode(&e.id, set_content).await?;
                 return Ok(r);
             }
@@ -202,7 +211,12 @@ impl Client {
     }
 
     /// Streams the file at `path` into `writer`. Returns its size.
-    pub async fn get_file<W: AsyncWrite + Unpin>(&self, path: &str, writer: &mut W, progress: Progress<'_>) -> Result<u64> {
+    pub async fn get_file<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        writer: &mut W,
+        progress: Progress<'_>,
+    ) -> Result<u64> {
         let f = self.resolve(path).await?;
         if f.inode.kind == Kind::Dir {
             return Err(ClientError::IsDir(path.to_string()));

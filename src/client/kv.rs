@@ -26,7 +26,10 @@ impl Client {
 
     async fn backoff(&self, started: Instant, attempt: u32, what: &str, last: &str) -> Result<()> {
         if started.elapsed() >= self.cfg.op_timeout {
-            return Err(ClientError::Unavailable { what: what.to_string(), last: last.to_string() });
+            return Err(ClientError::Unavailable {
+                what: what.to_string(),
+                last: last.to_string(),
+            });
         }
         let ms = (20u64 << attempt.min(6)).min(500);
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -62,7 +65,8 @@ impl Client {
                     }
                 }
             }
-            self.backoff(started, attempt, &format!("chunk {}", key.short()), &last).await?;
+            self.backoff(started, attempt, &format!("chunk {}", key.short()), &last)
+                .await?;
         }
         unreachable!("the retry loop returns")
     }
@@ -105,9 +109,13 @@ impl Client {
                     }
                 }
             }
-            self.backoff(started, attempt, &format!("chunk {}", key.short()), &last).await?;
+            self.backoff(started, attempt, &format!("chunk {}", key.short()), &last)
+                .await?;
         }
-        Err(ClientError::Unavailable { what: format!("chunk {}", key.short()), last })
+        Err(ClientError::Unavailable {
+            what: format!("chunk {}", key.short()),
+            last,
+        })
     }
 
     /// Reads a record from its primary (which first catches up from its replicas), or,
@@ -118,14 +126,28 @@ impl Client {
         for attempt in 0.. {
             let peers = self.candidates(key);
             let Some(primary) = peers.first().cloned() else {
-                self.backoff(started, attempt, "record", "empty ring view").await?;
+                self.backoff(started, attempt, "record", "empty ring view")
+                    .await?;
                 continue;
             };
-            match self.call(&primary, Request::GetRecord { key: *key, pull: true }).await {
+            match self
+                .call(
+                    &primary,
+                    Request::GetRecord {
+                        key: *key,
+                        pull: true,
+                    },
+                )
+                .await
+            {
                 Ok(Response::Record { version, record }) => return Ok(Some((version, record))),
                 Ok(Response::NotFound) => return Ok(None),
                 Ok(other) => last = format!("{} answered {other:?}", primary.addr),
-                Err(RpcError::Remote { kind: ErrorKind::WrongNode, message, .. }) => last = message,
+                Err(RpcError::Remote {
+                    kind: ErrorKind::WrongNode,
+                    message,
+                    ..
+                }) => last = message,
                 Err(e) if e.is_unreachable() => {
                     self.view.forget(&primary.id);
                     last = e.to_string();
@@ -133,8 +155,15 @@ impl Client {
                     let mut best: Option<(u64, Record)> = None;
                     let mut answered = 0;
                     for p in peers.iter().skip(1) {
-                        if let Ok(Response::Record { version, record }) =
-                            self.call(p, Request::GetRecord { key: *key, pull: false }).await
+                        if let Ok(Response::Record { version, record }) = self
+                            .call(
+                                p,
+                                Request::GetRecord {
+                                    key: *key,
+                                    pull: false,
+                                },
+                            )
+                            .await
                         {
                             answered += 1;
                             if best.as_ref().is_none_or(|(v, _)| version > *v) {
@@ -148,7 +177,8 @@ impl Client {
                 }
                 Err(e) => last = e.to_string(),
             }
-            self.backoff(started, attempt, &format!("record {}", key.short()), &last).await?;
+            self.backoff(started, attempt, &format!("record {}", key.short()), &last)
+                .await?;
         }
         unreachable!("the retry loop returns")
     }
@@ -159,10 +189,15 @@ impl Client {
         let mut last;
         for attempt in 0.. {
             let Some(primary) = self.candidates(key).first().cloned() else {
-                self.backoff(started, attempt, "record", "empty ring view").await?;
+                self.backoff(started, attempt, "record", "empty ring view")
+                    .await?;
                 continue;
             };
-            let req = Request::CasRecord { key: *key, expect, record: record.clone() };
+            let req = Request::CasRecord {
+                key: *key,
+                expect,
+                record: record.clone(),
+            };
             match self.call(&primary, req).await {
                 Ok(Response::Stored { .. }) => return Ok(Cas::Done(expect + 1)),
                 Ok(Response::Conflict { current }) => return Ok(Cas::Conflict(current)),
@@ -174,7 +209,8 @@ impl Client {
                     last = e.to_string();
                 }
             }
-            self.backoff(started, attempt, &format!("record {}", key.short()), &last).await?;
+            self.backoff(started, attempt, &format!("record {}", key.short()), &last)
+                .await?;
         }
         unreachable!("the retry loop returns")
     }

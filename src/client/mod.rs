@@ -115,12 +115,20 @@ impl Client {
             .max_capacity(cfg.cache_bytes)
             .weigher(|_k: &crate::id::Id, v: &Bytes| v.len().min(u32::MAX as usize) as u32)
             .build();
-        let client = Arc::new(Client { view: ring::ViewCell::default(), net, cfg, cache });
+        let client = Arc::new(Client {
+            view: ring::ViewCell::default(),
+            net,
+            cfg,
+            cache,
+        });
         let seed = client.cfg.ring.clone();
         client
             .refresh_view_from(&seed)
             .await
-            .map_err(|source| ClientError::NoRing { addr: seed.clone(), source })?;
+            .map_err(|source| ClientError::NoRing {
+                addr: seed.clone(),
+                source,
+            })?;
         Ok(client)
     }
 }

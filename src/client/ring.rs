@@ -26,7 +26,9 @@ impl RingView {
             return vec![];
         }
         let start = self.peers.partition_point(|p| p.id < *key) % self.peers.len();
-        (0..n.min(self.peers.len())).map(|i| self.peers[(start + i) % self.peers.len()].clone()).collect()
+        (0..n.min(self.peers.len()))
+            .map(|i| self.peers[(start + i) % self.peers.len()].clone())
+            .collect()
     }
 }
 
@@ -59,7 +61,11 @@ impl Client {
     }
 
     pub(crate) async fn state_of(&self, addr: &str) -> Result<NodeState, RpcError> {
-        match self.net.call(addr, Request::GetState, self.cfg.rpc_timeout).await? {
+        match self
+            .net
+            .call(addr, Request::GetState, self.cfg.rpc_timeout)
+            .await?
+        {
             Response::State(s) => Ok(s),
             other => Err(RpcError::unexpected(addr, &other)),
         }
@@ -95,7 +101,10 @@ impl Client {
                 _ => break,
             }
         }
-        let view = RingView { peers: members.into_values().collect(), replicas };
+        let view = RingView {
+            peers: members.into_values().collect(),
+            replicas,
+        };
         self.view.set(view.clone());
         Ok(view)
     }
@@ -111,16 +120,33 @@ impl Client {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(RpcError::Connect { addr: self.cfg.ring.clone(), reason: "no seed".into() }))
+        Err(last.unwrap_or(RpcError::Connect {
+            addr: self.cfg.ring.clone(),
+            reason: "no seed".into(),
+        }))
     }
 
     /// A Chord lookup through any live member: the key's owner and its successors.
     pub async fn lookup(&self, key: &Id) -> Result<Vec<Peer>, RpcError> {
         let view = self.view.get();
         let mut avoid: Vec<Id> = Vec::new();
-        let mut cur = view.successors_of(key, 1).pop().map(|p| p.addr).unwrap_or_else(|| self.cfg.ring.clone());
+        let mut cur = view
+            .successors_of(key, 1)
+            .pop()
+            .map(|p| p.addr)
+            .unwrap_or_else(|| self.cfg.ring.clone());
         for _ in 0..crate::chord::node::MAX_LOOKUP_HOPS {
-            let resp = self.net.call(&cur, Request::FindSuccessor { key: *key, avoid: avoid.clone() }, self.cfg.rpc_timeout).await;
+            let resp = self
+                .net
+                .call(
+                    &cur,
+                    Request::FindSuccessor {
+                        key: *key,
+                        avoid: avoid.clone(),
+                    },
+                    self.cfg.rpc_timeout,
+                )
+                .await;
             match resp {
                 Ok(Response::Found { successors, .. }) => return Ok(successors),
                 Ok(Response::Next { peer }) => cur = peer.addr,
@@ -134,7 +160,10 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(RpcError::Unexpected { addr: cur, detail: "lookup did not converge".into() })
+        Err(RpcError::Unexpected {
+            addr: cur,
+            detail: "lookup did not converge".into(),
+        })
     }
 }
 
@@ -149,7 +178,10 @@ mod tests {
             .map(|b| {
                 let mut a = [0u8; 20];
                 a[0] = *b;
-                Peer { id: Id(a), addr: b.to_string() }
+                Peer {
+                    id: Id(a),
+                    addr: b.to_string(),
+                }
             })
             .collect();
         let v = RingView { peers, replicas: 2 };
@@ -158,7 +190,12 @@ mod tests {
             a[0] = b;
             Id(a)
         };
-        let addrs = |k| v.successors_of(&key(k), 2).into_iter().map(|p| p.addr).collect::<Vec<_>>();
+        let addrs = |k| {
+            v.successors_of(&key(k), 2)
+                .into_iter()
+                .map(|p| p.addr)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(addrs(15), ["20", "30"]);
         assert_eq!(addrs(20), ["20", "30"]);
         assert_eq!(addrs(31), ["10", "20"]);

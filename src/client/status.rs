@@ -49,7 +49,17 @@ pub async fn ring_status(client: &Client, view: &RingView) -> Vec<NodeRow> {
             Ok(Response::Stats(s)) => (Some(s.chunks), Some(s.records), Some(s.bytes)),
             _ => (None, None, None),
         };
-        NodeRow { id: p.id.to_hex(), addr: p.addr.clone(), predecessor, successor, chunks, records, bytes, share, reachable }
+        NodeRow {
+            id: p.id.to_hex(),
+            addr: p.addr.clone(),
+            predecessor,
+            successor,
+            chunks,
+            records,
+            bytes,
+            share,
+            reachable,
+        }
     });
     futures::future::join_all(rows).await
 }

@@ -40,10 +40,15 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// Splits an absolute or relative ring path into checked components.
 pub fn split_path(path: &str) -> Result<Vec<&str>> {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
     for p in &parts {
         if *p == ".." {
-            return Err(ClientError::InvalidPath(format!("{path}: '..' is not allowed")));
+            return Err(ClientError::InvalidPath(format!(
+                "{path}: '..' is not allowed"
+            )));
         }
         check_name(p)?;
     }
@@ -58,20 +63,29 @@ impl Client {
             return Ok(r);
         }
         let root = Inode::new(Kind::Dir, 0o755, 0, 0, id, 0);
-        match self.cas_record(&id, 0, Record::Inode(Box::new(root))).await? {
+        match self
+            .cas_record(&id, 0, Record::Inode(Box::new(root)))
+            .await?
+        {
             Cas::Done(_) | Cas::Conflict(_) => self.get_inode(&id).await,
         }
     }
 
     pub async fn get_inode_opt(&self, id: &Id) -> Result<Option<InodeRef>> {
         Ok(match self.get_record(id).await? {
-            Some((version, Record::Inode(inode))) => Some(InodeRef { id: *id, version, inode: *inode }),
+            Some((version, Record::Inode(inode))) => Some(InodeRef {
+                id: *id,
+                version,
+                inode: *inode,
+            }),
             _ => None,
         })
     }
 
     pub async fn get_inode(&self, id: &Id) -> Result<InodeRef> {
-        self.get_inode_opt(id).await?.ok_or_else(|| ClientError::NotFound(format!("inode {}", id.short())))
+        self.get_inode_opt(id)
+            .await?
+            .ok_or_else(|| ClientError::NotFound(format!("inode {}", id.short())))
     }
 
     /// Applies `change` to the newest version of an inode and writes it back, retrying on
@@ -85,8 +99,20 @@ impl Client {
             let cur = self.get_inode(id).await?;
             let mut inode = cur.inode.clone();
             let out = change(&mut inode)?;
-            match self.cas_record(id, cur.version, Record::Inode(Box::new(inode.clone()))).await? {
-                Cas::Done(version) => return Ok((out, InodeRef { id: *id, version, inode })),
+            match self
+                .cas_record(id, cur.version, Record::Inode(Box::new(inode.clone())))
+                .await?
+            {
+                Cas::Done(version) => {
+                    return Ok((
+                        out,
+                        InodeRef {
+                            id: *id,
+                            version,
+                            inode,
+                        },
+                    ))
+                }
                 Cas::Conflict(_) => {
                     let jitter = rand::random::<u64>() % (1 + (attempt as u64).min(20));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -99,7 +125,9 @@ impl Client {
     /// Writes a tombstone for an inode nothing refers to any more.
     pub async fn delete_inode(&self, id: &Id) -> Result<()> {
         for _ in 0..CAS_ATTEMPTS {
-            let Some((version, _)) = self.get_record(id).await? else { return Ok(()) };
+            let Some((version, _)) = self.get_record(id).await? else {
+                return Ok(());
+            };
             if let Cas::Done(_) = self.cas_record(id, version, Record::Deleted).await? {
                 return Ok(());
             }
@@ -115,12 +143,10 @@ impl Client {
             if cur.inode.kind != Kind::Dir {
                 return Err(ClientError::NotDir(parts[..depth].join("/")));
             }
-            let entry = cur
-                .inode
-                .entries
-                .get(*name)
-                .copied()
-                .ok_or_else(|| ClientError::NotFound(format!("/{}", parts[..=depth].join("/"))))?;
+            let entry =
+                cur.inode.entries.get(*name).copied().ok_or_else(|| {
+                    ClientError::NotFound(format!("/{}", parts[..=depth].join("/")))
+                })?;
             cur = self.get_inode(&entry.id).await?;
         }
         Ok(cur)
@@ -156,7 +182,8 @@ impl Client {
                         Err(ClientError::Exists(_)) => {
                             let again = self.get_inode(&cur.id).await?;
                             let e = again.inode.entries.get(name).copied();
-                            self.get_inode(&e.ok_or_else(|| ClientError::NotFound(name.into()))?.id).await?
+                            self.get_inode(&e.ok_or_else(|| ClientError::NotFound(name.into()))?.id)
+                                .await?
                         }
                         Err(e) => return Err(e),
                     }
@@ -177,13 +204,21 @@ impl Client {
 
     /// Creates `inode` under a fresh id and links it as `parent/name`. Fails with
     /// `Exists` when the name is taken (the new inode is then removed again).
-    pub async fn create_child(&self, parent: &Id, name: &str, mut inode: Inode) -> Result<InodeRef> {
+    pub async fn create_child(
+        &self,
+        parent: &Id,
+        name: &str,
+        mut inode: Inode,
+    ) -> Result<InodeRef> {
         check_name(name)?;
         let id = Id::random();
         inode.parent = *parent;
         let kind = inode.kind;
         // The inode first: a name never points at nothing.
-        let version = match self.cas_record(&id, 0, Record::Inode(Box::new(inode.clone()))).await? {
+        let version = match self
+            .cas_record(&id, 0, Record::Inode(Box::new(inode.clone())))
+            .await?
+        {
             Cas::Done(v) => v,
             Cas::Conflict(_) => return Err(ClientError::Exists(format!("inode {}", id.short()))),
         };
@@ -231,18 +266,20 @@ impl Client {
                 if dir.entries.contains_key(name) {
                     return Err(ClientError::Exists(name.to_string()));
                 }
-                dir.entries.insert(name.to_string(), DirEntry { id: *id, kind });
+                dir.entries
+                    .insert(name.to_string(), DirEntry { id: *id, kind });
                 dir.mtime = now;
                 dir.ctime = now;
                 Ok(())
             })
             .await;
         if let Err(e) = linked {
-            let _ = self.update_inode(id, |ino| {
-                ino.nlink = ino.nlink.saturating_sub(1);
-                Ok(())
-            })
-            .await;
+            let _ = self
+                .update_inode(id, |ino| {
+                    ino.nlink = ino.nlink.saturating_sub(1);
+                    Ok(())
+                })
+                .await;
             return Err(e);
         }
         Ok(target)
@@ -352,7 +389,9 @@ impl Client {
             }
         }
         if src.kind == Kind::Dir && self.is_ancestor(&src.id, dst_parent).await? {
-            return Err(ClientError::Invalid(format!("cannot move {src_name} into itself")));
+            return Err(ClientError::Invalid(format!(
+                "cannot move {src_name} into itself"
+            )));
         }
         let now = Timespec::now();
         let expect_dst = dst.map(|d| d.id);
@@ -405,7 +444,11 @@ impl Client {
             Some(old) => {
                 let (left, _) = self
                     .update_inode(&old, |ino| {
-                        ino.nlink = if ino.kind == Kind::Dir { 0 } else { ino.nlink.saturating_sub(1) };
+                        ino.nlink = if ino.kind == Kind::Dir {
+                            0
+                        } else {
+                            ino.nlink.saturating_sub(1)
+                        };
                         ino.ctime = now;
                         Ok(ino.nlink)
                     })
@@ -416,7 +459,13 @@ impl Client {
     }
 }
 
-fn check_entries(dir: &Inode, src_name: &str, src: &Id, dst_name: &str, dst: Option<Id>) -> Result<()> {
+fn check_entries(
+    dir: &Inode,
+    src_name: &str,
+    src: &Id,
+    dst_name: &str,
+    dst: Option<Id>,
+) -> Result<()> {
     if dir.entries.get(src_name).map(|e| e.id) != Some(*src) {
         return Err(ClientError::NotFound(src_name.to_string()));
     }
@@ -434,8 +483,14 @@ mod tests {
     fn paths_are_checked() {
         assert_eq!(split_path("/a//b/./c").unwrap(), ["a", "b", "c"]);
         assert!(split_path("/").unwrap().is_empty());
-        assert!(matches!(split_path("/a/../b"), Err(ClientError::InvalidPath(_))));
-        assert!(matches!(split_path(&"x".repeat(256)), Err(ClientError::NameTooLong(_))));
+        assert!(matches!(
+            split_path("/a/../b"),
+            Err(ClientError::InvalidPath(_))
+        ));
+        assert!(matches!(
+            split_path(&"x".repeat(256)),
+            Err(ClientError::NameTooLong(_))
+        ));
         assert!(check_name(&"x".repeat(255)).is_ok());
         assert!(check_name("a\0b").is_err());
     }

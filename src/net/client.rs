@@ -47,17 +47,24 @@ impl TcpTransport {
         Arc::new(TcpTransport::default())
     }
 
-    pub async fn request(&self, addr: &str, req: Request, timeout: Duration) -> Result<Response, RpcError> {
+    pub async fn request(
+        &self,
+        addr: &str,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response, RpcError> {
         self.inner.request(addr, req, timeout).await
     }
 }
 
 impl Pool {
-
     async fn connect(addr: &str) -> Result<Arc<Conn>, RpcError> {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| RpcError::Connect { addr: addr.to_string(), reason: e.to_string() })?;
+            .map_err(|e| RpcError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);
@@ -96,7 +103,12 @@ impl Pool {
             // Dropping the senders fails every waiter with Disconnected.
             pending_r.lock().expect("pending lock").clear();
         });
-        Ok(Arc::new(Conn { tx, pending, next_id: AtomicU64::new(1), closed }))
+        Ok(Arc::new(Conn {
+            tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            closed,
+        }))
     }
 
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, RpcError> {
@@ -106,11 +118,19 @@ impl Pool {
             }
         }
         let c = Self::connect(addr).await?;
-        self.conns.lock().expect("pool lock").insert(addr.to_string(), c.clone());
+        self.conns
+            .lock()
+            .expect("pool lock")
+            .insert(addr.to_string(), c.clone());
         Ok(c)
     }
 
-    async fn request(&self, addr: &str, req: Request, timeout: Duration) -> Result<Response, RpcError> {
+    async fn request(
+        &self,
+        addr: &str,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response, RpcError> {
         let ms = timeout.as_millis() as u64;
         let fut = async {
             let conn = self.conn(addr).await?;
@@ -118,19 +138,33 @@ impl Pool {
             let frame = codec::encode(id, &req).map_err(|e| RpcError::Codec(e.to_string()))?;
             let (tx, rx) = oneshot::channel();
             conn.pending.lock().expect("pending lock").insert(id, tx);
-            let guard = PendingGuard { pending: &conn.pending, id };
+            let guard = PendingGuard {
+                pending: &conn.pending,
+                id,
+            };
             if conn.tx.send(frame).await.is_err() {
-                return Err(RpcError::Disconnected { addr: addr.to_string() });
+                return Err(RpcError::Disconnected {
+                    addr: addr.to_string(),
+                });
             }
-            let resp = rx.await.map_err(|_| RpcError::Disconnected { addr: addr.to_string() });
+            let resp = rx.await.map_err(|_| RpcError::Disconnected {
+                addr: addr.to_string(),
+            });
             drop(guard);
             resp
         };
         let resp = tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| RpcError::Timeout { addr: addr.to_string(), ms })??;
+            .map_err(|_| RpcError::Timeout {
+                addr: addr.to_string(),
+                ms,
+            })??;
         match resp {
-            Response::Error { kind, message } => Err(RpcError::Remote { addr: addr.to_string(), kind, message }),
+            Response::Error { kind, message } => Err(RpcError::Remote {
+                addr: addr.to_string(),
+                kind,
+                message,
+            }),
             r => Ok(r),
         }
     }
@@ -149,7 +183,12 @@ impl Drop for PendingGuard<'_> {
 }
 
 impl Transport for TcpTransport {
-    fn call(&self, addr: &str, req: Request, timeout: Duration) -> BoxFuture<'static, Result<Response, RpcError>> {
+    fn call(
+        &self,
+        addr: &str,
+        req: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Response, RpcError>> {
         let inner = self.inner.clone();
         let addr = addr.to_string();
         Box::pin(async move { inner.request(&addr, req, timeout).await })

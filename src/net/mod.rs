@@ -23,7 +23,11 @@ pub enum RpcError {
     #[error("connection to {addr} lost mid-request")]
     Disconnected { addr: String },
     #[error("{addr} answered with an error ({kind:?}): {message}")]
-    Remote { addr: String, kind: ErrorKind, message: String },
+    Remote {
+        addr: String,
+        kind: ErrorKind,
+        message: String,
+    },
     #[error("{addr} sent an unexpected answer: {detail}")]
     Unexpected { addr: String, detail: String },
     #[error("wire error: {0}")]
@@ -34,18 +38,29 @@ impl RpcError {
     /// True when the peer may be down or unreachable (so try another), as opposed to
     /// having answered.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::Disconnected { .. })
+        matches!(
+            self,
+            RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::Disconnected { .. }
+        )
     }
 
     pub fn unexpected(addr: &str, resp: &Response) -> RpcError {
         let mut detail = format!("{resp:?}");
         detail.truncate(200);
-        RpcError::Unexpected { addr: addr.to_string(), detail }
+        RpcError::Unexpected {
+            addr: addr.to_string(),
+            detail,
+        }
     }
 }
 
 /// Sends one request to `addr` and waits for its answer. An `Error` response comes back
 /// as `RpcError::Remote`.
 pub trait Transport: Send + Sync + 'static {
-    fn call(&self, addr: &str, req: Request, timeout: Duration) -> BoxFuture<'static, Result<Response, RpcError>>;
+    fn call(
+        &self,
+        addr: &str,
+        req: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Response, RpcError>>;
 }

@@ -26,7 +26,11 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Serves `listener` until `shutdown` is cancelled.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown: CancellationToken) {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -53,9 +57,16 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, shutdown:
     }
 }
 
-async fn serve_connection<H: Handler>(stream: TcpStream, handler: Arc<H>, shutdown: CancellationToken) {
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let (rd, wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, codec::framing());
     let mut sink = FramedWrite::new(wr, codec::framing());
@@ -81,7 +92,9 @@ async fn serve_connection<H: Handler>(stream: TcpStream, handler: Arc<H>, shutdo
                 break;
             }
         };
-        let Ok(permit) = inflight.clone().acquire_owned().await else { break };
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
         match codec::decode::<Request>(&frame) {
             Ok(env) => {
                 let (h, tx) = (handler.clone(), tx.clone());

@@ -64,13 +64,18 @@ mod tests {
     fn requests_round_trip() {
         let reqs = vec![
             Request::Ping,
-            Request::FindSuccessor { key: Id::hash(b"k"), avoid: vec![Id::hash(b"x")] },
+            Request::FindSuccessor {
+                key: Id::hash(b"k"),
+                avoid: vec![Id::hash(b"x")],
+            },
             Request::PutChunk {
                 key: Id::hash(b"data"),
                 data: Bytes::from_static(b"data"),
                 replicate: true,
             },
-            Request::HaveKeys { keys: vec![Id::ZERO; 3] },
+            Request::HaveKeys {
+                keys: vec![Id::ZERO; 3],
+            },
         ];
         for (i, r) in reqs.into_iter().enumerate() {
             let f = encode(i as u64, &r).unwrap();

@@ -8,8 +8,8 @@ pub mod codec;
 pub mod record;
 
 use crate::id::Id;
-use serde::{Deserialize, Serialize};
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 pub use record::{DirEntry, Inode, Kind, Record, Timespec};
 
@@ -43,24 +43,52 @@ pub enum Request {
     /// Routing state, for stabilize and for clients building a ring view.
     GetState,
     /// One step of an iterative lookup. `avoid` lists peers the caller found dead.
-    FindSuccessor { key: Id, avoid: Vec<Id> },
+    FindSuccessor {
+        key: Id,
+        avoid: Vec<Id>,
+    },
     /// "I might be your predecessor."
-    Notify { candidate: Peer },
+    Notify {
+        candidate: Peer,
+    },
     /// A graceful leave: the leaver's neighbours, so the ring closes around it.
-    Leave { peer: Peer, predecessor: Option<Peer>, successors: Vec<Peer> },
+    Leave {
+        peer: Peer,
+        predecessor: Option<Peer>,
+        successors: Vec<Peer>,
+    },
     /// Store an immutable chunk. With `replicate`, the receiver forwards it to its
     /// successors and answers once min(R, live) copies are durable.
-    PutChunk { key: Id, data: Bytes, replicate: bool },
-    GetChunk { key: Id },
+    PutChunk {
+        key: Id,
+        data: Bytes,
+        replicate: bool,
+    },
+    GetChunk {
+        key: Id,
+    },
     /// Compare-and-set a record at the key's primary: succeeds when the current version
     /// equals `expect` (0 = absent); the new version is `expect + 1`.
-    CasRecord { key: Id, expect: u64, record: Record },
+    CasRecord {
+        key: Id,
+        expect: u64,
+        record: Record,
+    },
     /// Store a record copy if it is newer than the one held (replication and repair).
-    PutRecordCopy { key: Id, version: u64, record: Record },
+    PutRecordCopy {
+        key: Id,
+        version: u64,
+        record: Record,
+    },
     /// Read a record. With `pull`, a primary missing it first asks its replicas.
-    GetRecord { key: Id, pull: bool },
+    GetRecord {
+        key: Id,
+        pull: bool,
+    },
     /// Which of these keys are held, and at which version (0 for chunks).
-    HaveKeys { keys: Vec<Id> },
+    HaveKeys {
+        keys: Vec<Id>,
+    },
     /// Counts and disk space of the node.
     Stats,
 }
@@ -68,24 +96,41 @@ pub enum Request {
 /// What a node answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Pong { id: Id },
+    Pong {
+        id: Id,
+    },
     State(NodeState),
     /// The lookup is over: `from` is the node whose successor owns `key`; `successors`
     /// is that node's successor list, owner first.
-    Found { from: Peer, successors: Vec<Peer> },
+    Found {
+        from: Peer,
+        successors: Vec<Peer>,
+    },
     /// Ask this peer next.
-    Next { peer: Peer },
+    Next {
+        peer: Peer,
+    },
     Ok,
     /// A key was stored on this many nodes, durably.
-    Stored { copies: u32 },
+    Stored {
+        copies: u32,
+    },
     Chunk(Bytes),
-    Record { version: u64, record: Record },
+    Record {
+        version: u64,
+        record: Record,
+    },
     /// CAS failed: the version now held.
-    Conflict { current: u64 },
+    Conflict {
+        current: u64,
+    },
     NotFound,
     Versions(Vec<Option<u64>>),
     Stats(NodeStats),
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +176,10 @@ pub struct Envelope<T> {
 
 impl Response {
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
-        Response::Error { kind, message: message.into() }
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -139,9 +187,10 @@ impl Request {
     /// Reject fields out of bounds before acting on them.
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            Request::PutChunk { data, .. } if data.len() > CHUNK_MAX_BYTES => {
-                Err(format!("chunk of {} bytes exceeds {CHUNK_MAX_BYTES}", data.len()))
-            }
+            Request::PutChunk { data, .. } if data.len() > CHUNK_MAX_BYTES => Err(format!(
+                "chunk of {} bytes exceeds {CHUNK_MAX_BYTES}",
+                data.len()
+            )),
             Request::HaveKeys { keys } if keys.len() > KEYS_MAX => {
                 Err(format!("{} keys exceed {KEYS_MAX}", keys.len()))
             }

@@ -35,11 +35,17 @@ impl Timespec {
 impl From<SystemTime> for Timespec {
     fn from(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timespec { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Timespec {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 if d.subsec_nanos() == 0 {
-                    Timespec { secs: -(d.as_secs() as i64), nanos: 0 }
+                    Timespec {
+                        secs: -(d.as_secs() as i64),
+                        nanos: 0,
+                    }
                 } else {
                     Timespec {
                         secs: -(d.as_secs() as i64) - 1,
@@ -56,7 +62,8 @@ impl From<Timespec> for SystemTime {
         if t.secs >= 0 {
             UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
         } else {
-            UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(t.nanos as u64)
+            UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+                + Duration::from_nanos(t.nanos as u64)
         }
     }
 }
@@ -119,7 +126,10 @@ impl Inode {
 
     /// Subdirectory count, for a directory's link count (2 + subdirectories).
     pub fn subdirs(&self) -> u32 {
-        self.entries.values().filter(|e| e.kind == Kind::Dir).count() as u32
+        self.entries
+            .values()
+            .filter(|e| e.kind == Kind::Dir)
+            .count() as u32
     }
 }
 
@@ -154,8 +164,20 @@ mod tests {
     #[test]
     fn record_round_trips_through_msgpack() {
         let mut ino = Inode::new(Kind::Dir, 0o40755, 1, 2, root_id(), 0);
-        ino.entries.insert("a".into(), DirEntry { id: Id::hash(b"a"), kind: Kind::File });
-        ino.entries.insert("d".into(), DirEntry { id: Id::hash(b"d"), kind: Kind::Dir });
+        ino.entries.insert(
+            "a".into(),
+            DirEntry {
+                id: Id::hash(b"a"),
+                kind: Kind::File,
+            },
+        );
+        ino.entries.insert(
+            "d".into(),
+            DirEntry {
+                id: Id::hash(b"d"),
+                kind: Kind::Dir,
+            },
+        );
         assert_eq!(ino.mode, 0o755);
         assert_eq!(ino.subdirs(), 1);
         let rec = Record::Inode(Box::new(ino));

@@ -29,13 +29,19 @@ pub enum StoreError {
     #[error("chunk bytes hash to {actual}, not to the key {key}")]
     HashMismatch { key: Id, actual: Id },
     #[error("disk error at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("record does not encode: {0}")]
     Encode(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -83,7 +89,9 @@ impl Store {
         let store = Store {
             dir: dir.to_path_buf(),
             index: Mutex::new(BTreeMap::new()),
-            record_locks: (0..RECORD_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            record_locks: (0..RECORD_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             tmp_seq: AtomicU64::new(0),
             corrupt_found: AtomicU64::new(0),
         };
@@ -103,7 +111,9 @@ impl Store {
         });
         let mut index = self.index.lock().expect("index lock");
         for sub in fs::read_dir(&root).map_err(io_err(&root))?.flatten() {
-            let Ok(files) = fs::read_dir(sub.path()) else { continue };
+            let Ok(files) = fs::read_dir(sub.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 let name = f.file_name();
                 let Some(key) = name.to_str().and_then(|n| n.parse::<Id>().ok()) else {
@@ -111,15 +121,21 @@ impl Store {
                 };
                 let meta = match kind {
                     EntryKind::Chunk => match f.metadata() {
-                        Ok(m) => Meta { kind, size: m.len(), version: 0 },
+                        Ok(m) => Meta {
+                            kind,
+                            size: m.len(),
+                            version: 0,
+                        },
                         Err(_) => continue,
                     },
                     // A record must read back whole; one that doesn't is dropped here
                     // and fetched again by repair.
                     EntryKind::Record => match read_record_file(&f.path()) {
-                        Ok(Some((version, _))) => {
-                            Meta { kind, size: f.metadata().map(|m| m.len()).unwrap_or(0), version }
-                        }
+                        Ok(Some((version, _))) => Meta {
+                            kind,
+                            size: f.metadata().map(|m| m.len()).unwrap_or(0),
+                            version,
+                        },
                         _ => {
                             tracing::warn!("dropping unreadable record {}", f.path().display());
                             let _ = fs::remove_file(f.path());
@@ -145,7 +161,10 @@ impl Store {
     /// Writes `bytes` to `path` atomically and durably.
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join("tmp").join(format!("{}.{}", std::process::id(), seq));
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{}.{}", std::process::id(), seq));
         let parent = path.parent().expect("store paths have a parent");
         fs::create_dir_all(parent).map_err(io_err(parent))?;
         let result = (|| {
@@ -153,7 +172,9 @@ impl Store {
             f.write_all(bytes).map_err(io_err(&tmp))?;
             f.sync_all().map_err(io_err(&tmp))?;
             fs::rename(&tmp, path).map_err(io_err(path))?;
-            fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io_err(parent))
+            fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(parent))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -167,7 +188,12 @@ impl Store {
 
     /// Every key held, in ring order.
     pub fn keys(&self) -> Vec<(Id, Meta)> {
-        self.index.lock().expect("index lock").iter().map(|(k, m)| (*k, *m)).collect()
+        self.index
+            .lock()
+            .expect("index lock")
+            .iter()
+            .map(|(k, m)| (*k, *m))
+            .collect()
     }
 
     pub fn counts(&self) -> (u64, u64, u64) {
@@ -203,7 +229,11 @@ impl Store {
         self.write_atomic(&path, data)?;
         self.index.lock().expect("index lock").insert(
             key,
-            Meta { kind: EntryKind::Chunk, size: data.len() as u64, version: 0 },
+            Meta {
+                kind: EntryKind::Chunk,
+                size: data.len() as u64,
+                version: 0,
+            },
         );
         Ok(true)
     }
@@ -232,7 +262,10 @@ impl Store {
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
         if Id::hash(&data) != key {
-            tracing::warn!("chunk {} is corrupt on disk; dropping it for repair", key.short());
+            tracing::warn!(
+                "chunk {} is corrupt on disk; dropping it for repair",
+                key.short()
+            );
             self.corrupt_found.fetch_add(1, Ordering::Relaxed);
             let _ = fs::remove_file(&path);
             self.forget(&key);
@@ -247,7 +280,9 @@ impl Store {
 
     /// Removes a key's file and index entry.
     pub fn delete(&self, key: &Id) -> Result<(), StoreError> {
-        let Some(meta) = self.meta(key) else { return Ok(()) };
+        let Some(meta) = self.meta(key) else {
+            return Ok(());
+        };
         let path = self.path_of(meta.kind, key);
         self.forget(key);
         match fs::remove_file(&path) {
@@ -257,7 +292,10 @@ impl Store {
         }
     }
 
-    pub async fn get_record(self: &Arc<Self>, key: Id) -> Result<Option<(u64, Record)>, StoreError> {
+    pub async fn get_record(
+        self: &Arc<Self>,
+        key: Id,
+    ) -> Result<Option<(u64, Record)>, StoreError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.get_record_blocking(&key))
             .await
@@ -273,7 +311,10 @@ impl Store {
         match read_record_file(&path) {
             Ok(Some(r)) => Ok(Some(r)),
             Ok(None) => {
-                tracing::warn!("record {} is corrupt on disk; dropping it for repair", key.short());
+                tracing::warn!(
+                    "record {} is corrupt on disk; dropping it for repair",
+                    key.short()
+                );
                 self.corrupt_found.fetch_add(1, Ordering::Relaxed);
                 let _ = fs::remove_file(&path);
                 self.forget(key);
@@ -313,9 +354,17 @@ impl Store {
         Ok((version, true))
     }
 
-    fn write_record_blocking(&self, key: Id, version: u64, record: &Record) -> Result<(), StoreError> {
-        let body = rmp_serde::to_vec(&StoredRecord { version, record: record.clone() })
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
+    fn write_record_blocking(
+        &self,
+        key: Id,
+        version: u64,
+        record: &Record,
+    ) -> Result<(), StoreError> {
+        let body = rmp_serde::to_vec(&StoredRecord {
+            version,
+            record: record.clone(),
+        })
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
         let mut bytes = Vec::with_capacity(20 + body.len());
         bytes.extend_from_slice(&Id::hash(&body).0);
         bytes.extend_from_slice(&body);
@@ -323,7 +372,11 @@ impl Store {
         self.write_atomic(&path, &bytes)?;
         self.index.lock().expect("index lock").insert(
             key,
-            Meta { kind: EntryKind::Record, size: bytes.len() as u64, version },
+            Meta {
+                kind: EntryKind::Record,
+                size: bytes.len() as u64,
+                version,
+            },
         );
         Ok(())
     }
@@ -335,7 +388,9 @@ fn read_record_file(path: &Path) -> std::io::Result<Option<(u64, Record)>> {
     if bytes.len() < 20 || Id::hash(&bytes[20..]).0[..] != bytes[..20] {
         return Ok(None);
     }
-    Ok(rmp_serde::from_slice::<StoredRecord>(&bytes[20..]).ok().map(|s| (s.version, s.record)))
+    Ok(rmp_serde::from_slice::<StoredRecord>(&bytes[20..])
+        .ok()
+        .map(|s| (s.version, s.record)))
 }
 
 /// Total and free bytes of the filesystem holding `dir`.
@@ -365,7 +420,10 @@ mod tests {
         let data = Bytes::from_static(b"some chunk bytes");
         let key = Id::hash(&data);
         assert!(store.put_chunk(key, data.clone()).await.unwrap());
-        assert!(!store.put_chunk(key, data.clone()).await.unwrap(), "stored once");
+        assert!(
+            !store.put_chunk(key, data.clone()).await.unwrap(),
+            "stored once"
+        );
         let wrong = Id::hash(b"other");
         assert!(matches!(
             store.put_chunk(wrong, data.clone()).await,
@@ -390,10 +448,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let key = Id::hash(b"inode");
-        let rec = Record::Inode(Box::new(Inode::new(Kind::File, 0o644, 0, 0, Id::ZERO, 4096)));
-        let (v, wrote) = store.put_record_if(key, 1, rec.clone(), |cur| cur == 0).await.unwrap();
+        let rec = Record::Inode(Box::new(Inode::new(
+            Kind::File,
+            0o644,
+            0,
+            0,
+            Id::ZERO,
+            4096,
+        )));
+        let (v, wrote) = store
+            .put_record_if(key, 1, rec.clone(), |cur| cur == 0)
+            .await
+            .unwrap();
         assert_eq!((v, wrote), (1, true));
-        let (v, wrote) = store.put_record_if(key, 1, rec.clone(), |cur| cur == 0).await.unwrap();
+        let (v, wrote) = store
+            .put_record_if(key, 1, rec.clone(), |cur| cur == 0)
+            .await
+            .unwrap();
         assert_eq!((v, wrote), (1, false), "a stale compare-and-set fails");
         fs::write(dir.path().join("tmp/123.4"), b"half a write").unwrap();
         // A record file with a broken checksum is dropped at start.
