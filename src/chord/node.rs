@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub rpc_timeout: Duration,
     /// Repair's bandwidth cap, so foreground I/O keeps going while data moves.
     pub repair_bytes_per_sec: u64,
+    /// The cluster secret every connection must prove (None: no secret).
+    pub secret: Option<Arc<[u8]>>,
 }
 
 impl NodeConfig {
@@ -47,6 +49,7 @@ impl NodeConfig {
             repair_every: Duration::from_secs(5),
             rpc_timeout: Duration::from_millis(crate::net::RPC_TIMEOUT_MS),
             repair_bytes_per_sec: 256 * 1024 * 1024,
+            secret: None,
         }
     }
 }

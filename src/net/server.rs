@@ -25,11 +25,22 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, req: Request) -> BoxFuture<'static, Response>;
 }
 
-/// Serves `listener` until `shutdown` is cancelled.
+/// Serves `listener` until `shutdown` is cancelled, with no cluster secret.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     shutdown: CancellationToken,
+) {
+    serve_with_secret(listener, handler, shutdown, Arc::from(&[][..])).await
+}
+
+/// Serves `listener` until `shutdown` is cancelled; every connection must first prove it
+/// knows `secret` (empty: no secret) before any request of it is read.
+pub async fn serve_with_secret<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    secret: Arc<[u8]>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -43,8 +54,19 @@ pub async fn serve<H: Handler>(
         };
         match accepted {
             Ok((stream, _)) => {
-                let (h, s) = (handler.clone(), shutdown.clone());
+                let (h, s, k) = (handler.clone(), shutdown.clone(), secret.clone());
                 tokio::spawn(async move {
+                    let mut stream = stream;
+                    let timeout =
+                        std::time::Duration::from_millis(super::auth::HANDSHAKE_TIMEOUT_MS);
+                    if let Err(e) = super::auth::server_handshake(&mut stream, &k, timeout).await {
+                        let peer = stream
+                            .peer_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        tracing::warn!(%peer, "connection refused: {e}");
+                        return;
+                    }
                     serve_connection(stream, h, s).await;
                     drop(permit);
                 });
