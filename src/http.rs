@@ -777,10 +777,49 @@ fn point(cx: f64, cy: f64, r: f64, fraction: f64) -> (f64, f64) {
     (cx + r * a.cos(), cy + r * a.sin())
 }
 
-const CX: f64 = 330.0;
-const CY: f64 = 330.0;
-const RING_R: f64 = 190.0;
-const BAR_MAX: f64 = 70.0;
+const SVG_W: f64 = 780.0;
+const SVG_H: f64 = 580.0;
+const CX: f64 = SVG_W / 2.0;
+const CY: f64 = SVG_H / 2.0;
+const RING_R: f64 = 175.0;
+const BAR_MAX: f64 = 55.0;
+/// Radius of the circle labels hug (outside the longest bar).
+const LABEL_R: f64 = RING_R + 11.0 + BAR_MAX + 18.0;
+/// Vertical room a two-line label needs.
+const LABEL_GAP: f64 = 36.0;
+/// Nodes are labelled in the picture up to this many (this node always is).
+const MAX_LABELS: usize = 16;
+
+/// A node's label in the picture: `(px, py)` is what it points at, `y` where it sits.
+struct Label {
+    y: f64,
+    px: f64,
+    py: f64,
+    right: bool,
+    id: String,
+    counts: String,
+    me: bool,
+}
+
+/// Spreads each side's labels vertically so that none overlap, keeping their order and
+/// staying close to where they point.
+fn place_labels(labels: &mut [Label]) {
+    let (top, bottom) = (CY - LABEL_R - 8.0, CY + LABEL_R + 8.0);
+    for right in [true, false] {
+        let mut side: Vec<&mut Label> = labels.iter_mut().filter(|l| l.right == right).collect();
+        side.sort_by(|a, b| a.py.total_cmp(&b.py));
+        let mut prev = f64::NEG_INFINITY;
+        for l in side.iter_mut() {
+            l.y = l.py.max(prev + LABEL_GAP).max(top);
+            prev = l.y;
+        }
+        let mut next = f64::INFINITY;
+        for l in side.iter_mut().rev() {
+            l.y = l.y.min(next - LABEL_GAP).min(bottom);
+            next = l.y;
+        }
+    }
+}
 
 /// The ring as inline SVG: each node's range as a wedge and an arc on the circle, its
 /// stored bytes as a bar outward from its place, and labels when they fit.
@@ -788,7 +827,7 @@ fn ring_svg(rows: &[NodeRow], me: &str, replicas: usize) -> String {
     let mut svg = String::new();
     let _ = write!(
         svg,
-        r##"<svg viewBox="0 0 660 660" width="100%" role="img" aria-label="The ring" xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif">"##
+        r##"<svg viewBox="0 0 {SVG_W} {SVG_H}" width="100%" role="img" aria-label="The ring" xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif">"##
     );
     let _ = write!(
         svg,
@@ -852,7 +891,7 @@ fn ring_svg(rows: &[NodeRow], me: &str, replicas: usize) -> String {
         CY - RING_R + 11.0,
         CY - RING_R + 24.0
     );
-    let labels = n <= 16;
+    let mut labels: Vec<Label> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
         let f = frac(&r.id);
         let col = if r.reachable {
@@ -888,33 +927,47 @@ fn ring_svg(rows: &[NodeRow], me: &str, replicas: usize) -> String {
             if is_me { "#0f172a" } else { "#fff" },
             if is_me { 3 } else { 2 }
         );
-        if labels || is_me {
-            let (lx, ly) = point(CX, CY, RING_R + 11.0 + len + 16.0, f);
-            let side = (f * std::f64::consts::TAU).sin();
-            let anchor = if side > 0.2 {
-                "start"
-            } else if side < -0.2 {
-                "end"
-            } else {
-                "middle"
-            };
-            // Labels near the top or bottom sit above or below the bar's end.
-            let dyl = if anchor == "middle" && ly > CY {
-                10.0
-            } else if anchor == "middle" {
-                -12.0
-            } else {
-                0.0
-            };
-            let _ = write!(
-                svg,
-                r##"<text x="{lx:.2}" y="{:.2}" text-anchor="{anchor}" font-size="12.5" fill="#0f172a"><tspan font-weight="{}" font-family="ui-monospace, monospace">{}</tspan><tspan x="{lx:.2}" dy="15" fill="#475569">{}</tspan></text>"##,
-                ly + dyl,
-                if is_me { 700 } else { 600 },
-                &r.id[..r.id.len().min(8)],
-                esc(&counts)
-            );
+        if n <= MAX_LABELS || is_me {
+            let (px, py) = point(CX, CY, RING_R + 11.0 + len + 6.0, f);
+            labels.push(Label {
+                y: py,
+                px,
+                py,
+                right: f < 0.5,
+                id: r.id[..r.id.len().min(8)].to_string(),
+                counts,
+                me: is_me,
+            });
         }
+    }
+    place_labels(&mut labels);
+    for l in &labels {
+        // Labels hug a circle outside the bars, pushed apart vertically so none overlap.
+        let dy = l.y - CY;
+        let dx = (LABEL_R * LABEL_R - dy * dy).max(0.0).sqrt();
+        let (lx, anchor, lead) = if l.right {
+            (CX + dx + 4.0, "start", CX + dx)
+        } else {
+            (CX - dx - 4.0, "end", CX - dx)
+        };
+        let _ = write!(
+            svg,
+            r##"<line x1="{:.2}" y1="{:.2}" x2="{lead:.2}" y2="{:.2}" stroke="#94a3b8" stroke-width="1"/>"##,
+            l.px, l.py, l.y
+        );
+        let _ = write!(
+            svg,
+            r##"<text x="{lx:.2}" y="{:.2}" text-anchor="{anchor}" font-size="14" fill="#0f172a"><tspan font-weight="{}" font-family="ui-monospace, monospace">{}</tspan>{}<tspan x="{lx:.2}" dy="16" fill="#475569">{}</tspan></text>"##,
+            l.y - 2.0,
+            if l.me { 700 } else { 600 },
+            l.id,
+            if l.me {
+                r##"<tspan fill="#1d4ed8"> · this node</tspan>"##
+            } else {
+                ""
+            },
+            esc(&l.counts)
+        );
     }
     // The middle: totals.
     let _ = write!(
@@ -960,7 +1013,7 @@ body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-seri
 header{background:#0f172a;color:#e2e8f0;padding:14px 24px;display:flex;align-items:baseline;gap:16px;flex-wrap:wrap}
 header h1{margin:0;font-size:20px;color:#fff}
 header .sub{color:#94a3b8}
-main{padding:20px 24px;display:grid;grid-template-columns:minmax(360px,640px) minmax(320px,1fr);gap:20px;max-width:1400px}
+main{padding:20px 24px;display:grid;grid-template-columns:minmax(0,1.6fr) minmax(340px,1fr);gap:20px;max-width:1500px}
 @media (max-width:900px){main{grid-template-columns:1fr}}
 .card{background:#fff;border-radius:10px;box-shadow:0 1px 3px rgba(15,23,42,.12);padding:16px 18px}
 .card h2{margin:0 0 10px;font-size:15px;text-transform:uppercase;letter-spacing:.04em;color:#475569}
@@ -978,7 +1031,8 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .tag{display:inline-block;font-size:11px;padding:0 6px;border-radius:9px;background:#dbeafe;color:#1e40af;margin-left:6px}
 .bad{color:#b91c1c}
 .note{color:#64748b;font-size:12.5px}
-.legend{display:flex;gap:18px;flex-wrap:wrap;color:#475569;font-size:12.5px;margin-top:6px}
+.legend{display:flex;gap:2px 18px;flex-wrap:wrap;color:#475569;font-size:12.5px;margin-top:4px}
+.legend b{color:#0f172a;font-weight:600}
 a{color:#1d4ed8}
 "#;
 
@@ -1030,7 +1084,7 @@ fn render_page(
     h.push_str(&ring_svg(rows, &s.id, replicas));
     let _ = write!(
         h,
-        r#"<div class="legend"><span>Position on the circle: node id (0 at the top, clockwise).</span><span>Wedge and arc: the keys the node is primary for.</span><span>Bar outward: data it stores (primary and replica copies).</span></div></section>"#
+        r#"<div class="legend"><span><b>Dot</b>: a node, placed by its id (0 at the top, clockwise)</span><span><b>Wedge</b>: the keys it is primary for</span><span><b>Bar</b>: the data it stores, primary and replica copies</span></div></section>"#
     );
 
     // This node.
@@ -1043,8 +1097,9 @@ fn render_page(
     };
     let peer = |p: &Peer| {
         format!(
-            r#"<span class="mono">{}</span> {}"#,
-            &p.id.to_hex()[..16],
+            r#"<span class="mono" title="{}">{}</span> {}"#,
+            p.id.to_hex(),
+            &p.id.to_hex()[..8],
             esc(&p.addr)
         )
     };
