@@ -82,6 +82,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ring", get(ring))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -145,6 +146,13 @@ async fn not_found(uri: Uri) -> ApiError {
             "no such page: {} (try /, /status, /files, /chunks, /ring, /metrics)",
             uri.path()
         ),
+    )
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} only answers GET", uri.path()),
     )
 }
 
