@@ -67,7 +67,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: Cancellatio
     }
 }
 
-/// The sidecar's routes, for serving (and for tests that drive it without a socket).
+/// The sidecar's routes.
 pub fn router(node: Arc<Node>) -> Router {
     let state = Sidecar {
         node,

@@ -9,10 +9,16 @@ use tokio::net::TcpStream;
 
 /// A bare HTTP/1.1 GET: (status code, content type, body).
 async fn get(addr: &str, path: &str) -> (u16, String, String) {
+    request(addr, "GET", path).await
+}
+
+async fn request(addr: &str, method: &str, path: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr)
         .await
         .expect("connect to the sidecar");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut raw))
@@ -185,6 +191,119 @@ async fn the_sidecar_shows_the_node_its_files_and_the_ring() {
     let (code, _, body) = get(&http, "/nope").await;
     assert_eq!(code, 404);
     assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
+    let (code, _, body) = request(&http, "POST", "/status").await;
+    assert_eq!(code, 405);
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string());
 
     running.stop().await;
+}
+
+async fn start_node(dir: &std::path::Path, join: Option<String>) -> chordfs::daemon::Running {
+    start(StartOptions {
+        listen: "127.0.0.1:0".into(),
+        join,
+        http: Some("127.0.0.1:0".into()),
+        cfg: NodeConfig::new(String::new(), dir.to_path_buf()),
+    })
+    .await
+    .expect("node starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_show_each_other_and_split_the_roles() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_node(da.path(), None).await;
+    let b = start_node(db.path(), Some(a.node.me.addr.clone())).await;
+    let (ha, hb) = (a.http_addr.clone().unwrap(), b.http_addr.clone().unwrap());
+    let (ida, idb) = (a.node.me.id.to_hex(), b.node.me.id.to_hex());
+
+    // Wait for the ring to settle: each node the other's predecessor and successor.
+    let settled = |st: &Value, other: &str| {
+        st["predecessor"]["id"] == other && st["successors"][0]["id"] == other
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (sa, sb) = (
+            get_json(&ha, "/status").await,
+            get_json(&hb, "/status").await,
+        );
+        if settled(&sa, &idb) && settled(&sb, &ida) {
+            let share = sa["share"].as_f64().unwrap() + sb["share"].as_f64().unwrap();
+            assert!(
+                (share - 1.0).abs() < 1e-9,
+                "the shares cover the circle: {share}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ring did not settle: {sa} {sb}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let ring = get_json(&hb, "/ring").await;
+    let mut ids: Vec<&str> = ring["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = vec![ida.as_str(), idb.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "{ring}");
+
+    let client = Client::connect(ClientConfig::new(a.node.me.addr.clone()))
+        .await
+        .unwrap();
+    let data = vec![7u8; 3 * 1024 * 1024 + 5];
+    client
+        .put_file("/big", &mut &data[..], 0o644, &|_| {})
+        .await
+        .unwrap();
+    let keys: Vec<String> = client
+        .resolve("/big")
+        .await
+        .unwrap()
+        .inode
+        .chunks
+        .iter()
+        .map(|k| k.to_hex())
+        .collect();
+
+    // Both nodes hold every chunk (R = 3 > 2 nodes): one as primary, the other as replica.
+    let (ca, cb) = (
+        get_json(&ha, "/chunks").await,
+        get_json(&hb, "/chunks").await,
+    );
+    let role = |c: &Value, k: &str| {
+        c["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == k)
+            .map(|e| e["role"].as_str().unwrap().to_string())
+    };
+    for k in &keys {
+        let mut roles = [role(&ca, k).expect("on a"), role(&cb, k).expect("on b")];
+        roles.sort();
+        assert_eq!(roles, ["primary", "replica"], "{k}");
+    }
+    // /files on either node lists the file with those chunks and the same roles.
+    for (h, c) in [(&ha, &ca), (&hb, &cb)] {
+        let files = get_json(h, "/files").await;
+        let f = &files["files"][0];
+        assert_eq!(f["path"], "/big");
+        for ch in f["chunks"].as_array().unwrap() {
+            let k = ch["hash"].as_str().unwrap();
+            assert_eq!(Some(ch["role"].as_str().unwrap().to_string()), role(c, k));
+        }
+    }
+
+    let (code, _, body) = get(&ha, "/").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("2 nodes"), "{body}");
+    b.stop().await;
+    a.stop().await;
 }
