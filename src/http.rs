@@ -748,6 +748,15 @@ fn esc(s: &str) -> String {
     out
 }
 
+/// `n` and `word`, plural when `n` is not 1 ("1 chunk", "2 chunks", "3 passes").
+fn plural(n: u64, word: &str) -> String {
+    match n {
+        1 => format!("1 {word}"),
+        _ if word.ends_with('s') => format!("{n} {word}es"),
+        _ => format!("{n} {word}s"),
+    }
+}
+
 /// Bytes in binary units, for people.
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -916,7 +925,7 @@ fn ring_svg(rows: &[NodeRow], me: &str, replicas: usize) -> String {
         let (bx0, by0) = point(CX, CY, RING_R + 11.0, f);
         let (bx1, by1) = point(CX, CY, RING_R + 11.0 + len, f);
         let counts = match (r.chunks, r.bytes) {
-            (Some(c), Some(b)) => format!("{c} chunks · {}", human_bytes(b)),
+            (Some(c), Some(b)) => format!("{} · {}", plural(c, "chunk"), human_bytes(b)),
             _ => "unreachable".to_string(),
         };
         let tip = format!("{} {}: {counts}", &r.id[..r.id.len().min(16)], esc(&r.addr));
@@ -986,8 +995,9 @@ fn ring_svg(rows: &[NodeRow], me: &str, replicas: usize) -> String {
     );
     let _ = write!(
         svg,
-        r##"<text x="{CX}" y="{}" text-anchor="middle" font-size="15" fill="#334155">{total_chunks} chunks · {}</text>"##,
+        r##"<text x="{CX}" y="{}" text-anchor="middle" font-size="15" fill="#334155">{} · {}</text>"##,
         CY + 14.0,
+        plural(total_chunks, "chunk"),
         human_bytes(total_bytes)
     );
     let _ = write!(
@@ -1144,9 +1154,9 @@ fn render_page(
         &mut h,
         "Stored",
         format!(
-            "{} chunks, {} records, {} <span class=\"note\">({} primary, {} replica keys)</span>",
-            s.chunks,
-            s.records,
+            "{}, {}, {} <span class=\"note\">({} primary, {} replica keys)</span>",
+            plural(s.chunks, "chunk"),
+            plural(s.records, "record"),
             human_bytes(s.bytes),
             s.primary_keys,
             s.replica_keys
@@ -1169,10 +1179,13 @@ fn render_page(
             r.status.keys_total,
             percent(r.progress)
         )
+    } else if r.status.passes == 0 {
+        "no pass yet".to_string()
     } else {
         format!(
-            "idle after {} passes (last took {} ms)",
-            r.status.passes, r.status.last_pass_ms
+            "idle; {} done, the last took {} ms",
+            plural(r.status.passes, "pass"),
+            r.status.last_pass_ms
         )
     };
     row(
@@ -1270,7 +1283,8 @@ fn render_page(
     }
     let _ = write!(
         h,
-        r#"</table><p class="note">Range: the fraction of the id circle a node is primary for. Stored counts include replica copies, so they add up to about {replicas}× the data.</p></section></main></body></html>"#
+        r#"</table><p class="note">Range: the fraction of the id circle a node is primary for. Stored counts include replica copies, so they add up to about {}× the data.</p></section></main></body></html>"#,
+        replicas.min(rows.len()).max(1)
     );
     h
 }
@@ -1303,6 +1317,9 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(300 * 1024 * 1024), "300 MiB");
+        assert_eq!(plural(1, "chunk"), "1 chunk");
+        assert_eq!(plural(0, "chunk"), "0 chunks");
+        assert_eq!(plural(2, "pass"), "2 passes");
     }
 
     #[test]
