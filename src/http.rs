@@ -319,20 +319,12 @@ struct KeyJson {
     version: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct ChunksJson {
-    id: String,
-    /// Keys held here (all of them, even when `limit` cut the list).
-    count: usize,
-    bytes: u64,
-    truncated: bool,
-    chunks: Vec<KeyJson>,
-}
-
-async fn chunks(State(side): State<Sidecar>, Query(q): Query<ChunksQuery>) -> Json<ChunksJson> {
+/// A bare list, one entry a key, as the contract reads; the totals travel in headers
+/// (`x-chordfs-count`, `x-chordfs-bytes`, `x-chordfs-truncated`).
+async fn chunks(State(side): State<Sidecar>, Query(q): Query<ChunksQuery>) -> impl IntoResponse {
     let roles = side.node.roles();
     let count = roles.len();
-    let bytes = roles.iter().map(|(_, m, _)| m.size).sum();
+    let bytes: u64 = roles.iter().map(|(_, m, _)| m.size).sum();
     let limit = q.limit.unwrap_or(usize::MAX);
     let list = roles
         .into_iter()
@@ -348,13 +340,15 @@ async fn chunks(State(side): State<Sidecar>, Query(q): Query<ChunksQuery>) -> Js
             version: (meta.kind == EntryKind::Record).then_some(meta.version),
         })
         .collect::<Vec<_>>();
-    Json(ChunksJson {
-        id: side.node.me.id.to_hex(),
-        count,
-        bytes,
-        truncated: list.len() < count,
-        chunks: list,
-    })
+    let truncated = list.len() < count;
+    (
+        [
+            ("x-chordfs-count", count.to_string()),
+            ("x-chordfs-bytes", bytes.to_string()),
+            ("x-chordfs-truncated", truncated.to_string()),
+        ],
+        Json(list),
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -510,13 +504,25 @@ fn held_file(
     })
 }
 
-async fn files(State(side): State<Sidecar>) -> Result<Json<FilesJson>, ApiError> {
+/// A bare list of the files with data here; how far the walk got travels in headers
+/// (`x-chordfs-inodes-walked`, `x-chordfs-truncated`, `x-chordfs-errors`).
+async fn files(State(side): State<Sidecar>) -> Result<impl IntoResponse, ApiError> {
     let client = side.client().await?;
     // Membership may have changed since the client was made.
     let _ = client.refresh_view_from(&side.node.me.addr).await;
     // The walk stops itself at its deadline; this only guards against a stuck read.
     match tokio::time::timeout(WALK_DEADLINE * 2, walk_files(&side.node, client)).await {
-        Ok(r) => r.map(Json),
+        Ok(r) => r.map(|f| {
+            let errors = f.errors.len().to_string();
+            (
+                [
+                    ("x-chordfs-inodes-walked", f.inodes_walked.to_string()),
+                    ("x-chordfs-truncated", f.truncated.to_string()),
+                    ("x-chordfs-errors", errors),
+                ],
+                Json(f.files),
+            )
+        }),
         Err(_) => Err(unavailable("walking the file tree timed out".into())),
     }
 }
@@ -524,28 +530,10 @@ async fn files(State(side): State<Sidecar>) -> Result<Json<FilesJson>, ApiError>
 // ---------------------------------------------------------------------------------
 // GET /ring
 
-#[derive(Serialize)]
-struct RingJson {
-    /// Copies kept of every key (R).
-    replicas: usize,
-    count: usize,
-    chunks: u64,
-    records: u64,
-    bytes: u64,
-    /// One entry per node, in id order.
-    nodes: Vec<NodeRow>,
-}
-
-async fn ring(State(side): State<Sidecar>) -> Result<Json<RingJson>, ApiError> {
+/// A bare list, one entry a node in id order; R travels in `x-chordfs-replicas`.
+async fn ring(State(side): State<Sidecar>) -> Result<impl IntoResponse, ApiError> {
     let (nodes, replicas) = side.ring_rows().await?;
-    Ok(Json(RingJson {
-        replicas,
-        count: nodes.len(),
-        chunks: nodes.iter().filter_map(|n| n.chunks).sum(),
-        records: nodes.iter().filter_map(|n| n.records).sum(),
-        bytes: nodes.iter().filter_map(|n| n.bytes).sum(),
-        nodes,
-    }))
+    Ok(([("x-chordfs-replicas", replicas.to_string())], Json(nodes)))
 }
 
 // ---------------------------------------------------------------------------------

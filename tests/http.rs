@@ -90,7 +90,7 @@ async fn the_sidecar_shows_the_node_its_files_and_the_ring() {
 
     // Before any file: the tree is empty, and reading it makes no root.
     let files = get_json(&http, "/files").await;
-    assert_eq!(files["files"].as_array().unwrap().len(), 0, "{files}");
+    assert_eq!(files.as_array().unwrap().len(), 0, "{files}");
     assert_eq!(running.node.store.keys().len(), 0, "/files wrote nothing");
 
     let mut cfg = ClientConfig::new(me.addr.clone());
@@ -120,7 +120,7 @@ async fn the_sidecar_shows_the_node_its_files_and_the_ring() {
 
     // /chunks: every key, the file's chunks among them, all primary on a lone node.
     let ch = get_json(&http, "/chunks").await;
-    let list = ch["chunks"].as_array().unwrap();
+    let list = ch.as_array().unwrap();
     for h in &hashes {
         let e = list
             .iter()
@@ -133,15 +133,12 @@ async fn the_sidecar_shows_the_node_its_files_and_the_ring() {
     assert!(list
         .iter()
         .any(|e| e["kind"] == "record" && e["version"].as_u64().is_some()));
-    assert_eq!(ch["count"].as_u64().unwrap() as usize, list.len());
     let limited = get_json(&http, "/chunks?limit=2").await;
-    assert_eq!(limited["chunks"].as_array().unwrap().len(), 2);
-    assert_eq!(limited["truncated"], true);
+    assert_eq!(limited.as_array().unwrap().len(), 2);
 
     // /files: the file, its size and the chunks held here.
     let files = get_json(&http, "/files").await;
-    assert_eq!(files["truncated"], false);
-    let f = &files["files"][0];
+    let f = &files[0];
     assert_eq!(f["path"], "/docs/hello.bin", "{files}");
     assert_eq!(f["size"], data.len() as u64);
     let held: Vec<&str> = f["chunks"]
@@ -156,11 +153,11 @@ async fn the_sidecar_shows_the_node_its_files_and_the_ring() {
         .unwrap()
         .iter()
         .all(|c| c["role"] == "primary"));
-    assert_eq!(files["files"].as_array().unwrap().len(), 1);
+    assert_eq!(files.as_array().unwrap().len(), 1);
 
     // /ring: one node, this one, with its counts.
     let ring = get_json(&http, "/ring").await;
-    let nodes = ring["nodes"].as_array().unwrap();
+    let nodes = ring.as_array().unwrap();
     assert_eq!(nodes.len(), 1, "{ring}");
     assert_eq!(nodes[0]["id"], id);
     assert_eq!(nodes[0]["addr"], me.addr.as_str());
@@ -243,7 +240,7 @@ async fn two_nodes_show_each_other_and_split_the_roles() {
     }
 
     let ring = get_json(&hb, "/ring").await;
-    let mut ids: Vec<&str> = ring["nodes"]
+    let mut ids: Vec<&str> = ring
         .as_array()
         .unwrap()
         .iter()
@@ -278,8 +275,7 @@ async fn two_nodes_show_each_other_and_split_the_roles() {
         get_json(&hb, "/chunks").await,
     );
     let role = |c: &Value, k: &str| {
-        c["chunks"]
-            .as_array()
+        c.as_array()
             .unwrap()
             .iter()
             .find(|e| e["key"] == k)
@@ -293,7 +289,7 @@ async fn two_nodes_show_each_other_and_split_the_roles() {
     // /files on either node lists the file with those chunks and the same roles.
     for (h, c) in [(&ha, &ca), (&hb, &cb)] {
         let files = get_json(h, "/files").await;
-        let f = &files["files"][0];
+        let f = &files[0];
         assert_eq!(f["path"], "/big");
         for ch in f["chunks"].as_array().unwrap() {
             let k = ch["hash"].as_str().unwrap();
