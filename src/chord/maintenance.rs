@@ -172,6 +172,11 @@ impl Node {
         self.leaving
             .store(true, std::sync::atomic::Ordering::Release);
         let r = self.snapshot();
+        let alone = r.successors.iter().all(|p| p.id == self.me.id) && r.predecessor.is_none();
+        if alone {
+            // The last member: there is nobody to hand data to; it stays on disk.
+            return;
+        }
         let msg = Request::Leave {
             peer: self.me.clone(),
             predecessor: r.predecessor.clone(),

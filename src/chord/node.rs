@@ -504,4 +504,8 @@ impl crate::net::Handler for Node {
     fn handle(self: Arc<Self>, req: Request) -> BoxFuture<'static, Response> {
         Box::pin(self.dispatch(req))
     }
+
+    fn bad_request(&self) {
+        self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -23,6 +23,9 @@ pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// Answers requests. Implemented by the node.
 pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, req: Request) -> BoxFuture<'static, Response>;
+
+    /// Told of every frame refused as malformed or out of bounds (for metrics).
+    fn bad_request(&self) {}
 }
 
 /// Serves `listener` until `shutdown` is cancelled, with no cluster secret.
@@ -110,6 +113,7 @@ async fn serve_connection<H: Handler>(
             None => break,
             Some(Ok(f)) => f,
             Some(Err(e)) => {
+                handler.bad_request();
                 tracing::debug!(%peer, "closing connection: {e}");
                 break;
             }
@@ -123,13 +127,17 @@ async fn serve_connection<H: Handler>(
                 tokio::spawn(async move {
                     let resp = match env.body.validate() {
                         Ok(()) => h.handle(env.body).await,
-                        Err(msg) => Response::error(ErrorKind::BadRequest, msg),
+                        Err(msg) => {
+                            h.bad_request();
+                            Response::error(ErrorKind::BadRequest, msg)
+                        }
                     };
                     reply(&tx, env.id, &resp).await;
                     drop(permit);
                 });
             }
             Err(e) => {
+                handler.bad_request();
                 tracing::debug!(%peer, "bad frame: {e}");
                 let resp = Response::error(ErrorKind::BadRequest, e.to_string());
                 match codec::salvage_id(&frame) {
