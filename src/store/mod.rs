@@ -414,7 +414,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2048))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
         /// Whatever bytes a record file holds (torn write, bit rot, hostile disk), reading
         /// it gives a record or "bad copy", never a panic.
         #[test]
