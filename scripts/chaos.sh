@@ -20,7 +20,8 @@ cleanup() {
   set +e
   [ -n "${killer:-}" ] && kill "$killer" 2>/dev/null
   grep -qs " $mnt fuse" /proc/mounts && { umount "$mnt" || umount -l "$mnt"; }
-  for k in "${!pid[@]}"; do kill -KILL "${pid[$k]}" 2>/dev/null; done
+  # Pids live in files: the killer loop restarts nodes in a subshell.
+  for f in "$work"/n*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
   [ -n "${mpid:-}" ] && kill -KILL "$mpid" 2>/dev/null
   wait 2>/dev/null
   rm -rf "$work"
@@ -40,6 +41,7 @@ start_node() { # start_node K [JOIN]
     --stabilize-ms 200 --check-predecessor-ms 300 --repair-ms 1000 --rpc-timeout-ms 1500 \
     "${join[@]}" >>"$work/n$k.log" 2>&1 &
   pid[$k]=$!
+  echo "${pid[$k]}" >"$work/n$k.pid"
   for _ in $(seq 1 100); do [ -s "$work/n$k/node.json" ] && break; sleep 0.1; done
   port[$k]=$(addr_of "$work/n$k/node.json" | cut -d: -f2)
 }
@@ -67,7 +69,7 @@ for _ in $(seq 1 100); do grep -qs " $mnt fuse" /proc/mounts && break; sleep 0.1
       start_node "$k" "127.0.0.1:${port[$(( (k % nodes) + 1 ))]}" && { unset "down[$k]"; restarts=$((restarts + 1)); }
       echo "restart n$k" >>"$work/events"
     elif [ ${#down[@]} -lt $((replicas - 1)) ]; then
-      kill -KILL "${pid[$k]}" 2>/dev/null && { down[$k]=1; kills=$((kills + 1)); }
+      kill -KILL "$(cat "$work/n$k.pid")" 2>/dev/null && { down[$k]=1; kills=$((kills + 1)); }
       echo "kill n$k" >>"$work/events"
     fi
   done
