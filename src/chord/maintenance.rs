@@ -136,7 +136,7 @@ impl Node {
         }
         for attempt in 0..5 {
             match self.repair_pass(true).await {
-                Ok(left) if left == 0 => break,
+                Ok(0) => break,
                 Ok(left) => tracing::warn!("leave: {left} keys not yet handed over (attempt {attempt})"),
                 Err(e) => tracing::warn!("leave: hand-over failed: {e}"),
             }

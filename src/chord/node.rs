@@ -385,6 +385,20 @@ impl Node {
                 Response::Versions(keys.iter().map(|k| self.store.meta(k).map(|m| m.version)).collect())
             }
             Request::Stats => Response::Stats(self.stats()),
+            Request::ListKeys { after, limit } => {
+                let limit = (limit as usize).min(crate::proto::KEYS_MAX);
+                let keys = self.store.keys_after(after, limit);
+                Response::Keys(
+                    keys.into_iter()
+                        .map(|(key, m)| crate::proto::KeyInfo {
+                            key,
+                            size: m.size,
+                            version: m.version,
+                            chunk: m.kind == store::EntryKind::Chunk,
+                        })
+                        .collect(),
+                )
+            }
         }
     }
 }
