@@ -306,10 +306,17 @@ impl Node {
 
     async fn dispatch(self: Arc<Self>, req: Request) -> Response {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if self.leaving.load(Ordering::Acquire) && refused_while_leaving(&req) {
+            return Response::error(ErrorKind::ShuttingDown, "node is leaving");
+        }
         match req {
             Request::Ping => Response::Pong { id: self.me.id },
             Request::GetState => Response::State(self.state()),
-            Request::FindSuccessor { key, avoid } => {
+            Request::FindSuccessor { key, mut avoid } => {
+                if self.leaving.load(Ordering::Acquire) {
+                    // Answer as the ring will be once this node is gone.
+                    avoid.push(self.me.id);
+                }
                 match self.routing.read().expect("routing lock").step(&key, &avoid) {
                     Step::Found { from, successors } => Response::Found { from, successors },
                     Step::Next(peer) => Response::Next { peer },
@@ -342,9 +349,6 @@ impl Node {
                 Response::Ok
             }
             Request::PutChunk { key, data, replicate } => {
-                if self.leaving.load(Ordering::Acquire) && replicate {
-                    return Response::error(ErrorKind::ShuttingDown, "node is leaving");
-                }
                 self.put_chunk(key, Bytes::from(data.into_vec()), replicate).await
             }
             Request::GetChunk { key } => {
@@ -356,9 +360,6 @@ impl Node {
                 }
             }
             Request::CasRecord { key, expect, record } => {
-                if self.leaving.load(Ordering::Acquire) {
-                    return Response::error(ErrorKind::ShuttingDown, "node is leaving");
-                }
                 self.cas_record(key, expect, record).await
             }
             Request::PutRecordCopy { key, version, record } => {
@@ -401,6 +402,24 @@ impl Node {
             }
         }
     }
+}
+
+/// What a leaving node no longer answers. It still serves reads and lookups (the latter
+/// as if it were gone), but claims nothing: it does not answer as alive (Ping, GetState),
+/// is not adopted (Notify), is never counted as a holder (HaveKeys) and takes no new
+/// copies or writes. Otherwise a peer could re-adopt it, or drop its own copy of a key
+/// because the leaver "has" it, moments before the leaver drops it too.
+fn refused_while_leaving(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Ping
+            | Request::GetState
+            | Request::Notify { .. }
+            | Request::HaveKeys { .. }
+            | Request::PutChunk { .. }
+            | Request::PutRecordCopy { .. }
+            | Request::CasRecord { .. }
+    )
 }
 
 fn store_error(e: store::StoreError) -> Response {
