@@ -199,7 +199,10 @@ impl Cluster {
             .expect("log file");
         let mut cmd = Command::new(bin());
         cmd.args(self.node_args(dir, listen, join))
-            .env("CHORDFS_LOG", "warn,chordfs=info")
+            .env(
+                "CHORDFS_LOG",
+                std::env::var("CHORDFS_TEST_LOG").unwrap_or_else(|_| "warn,chordfs=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file));
@@ -455,6 +458,12 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
+            // CHORDFS_TEST_KEEP=1 keeps a failed test's data dirs and logs for a look.
+            if std::env::var_os("CHORDFS_TEST_KEEP").is_some() {
+                let dir = std::mem::replace(&mut self.root, tempfile::tempdir().expect("temp dir"))
+                    .keep();
+                eprintln!("kept {}", dir.display());
+            }
         }
     }
 }

@@ -1,0 +1,110 @@
+//! Membership changes with data on the ring: a joining node receives its range, a
+//! leaving node (SIGTERM) hands everything over before it exits.
+
+mod common;
+
+use chordfs::id::Id;
+use common::{assert_same, get_bytes, put_bytes, random_bytes, wait_until, Cluster, Opts, SETTLE};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Writes `n` files of a few chunks each and returns them with every key they made.
+async fn fill(c: &Cluster, n: u64) -> (Vec<(String, Vec<u8>)>, BTreeSet<Id>) {
+    let client = c.client_with(|cfg| cfg.chunk_bytes = 16 * 1024).await;
+    let mut files = Vec::new();
+    for i in 0..n {
+        let data = random_bytes(10_000 + (i as usize) * 9_000, 300 + i);
+        let path = format!("/m/d{}/f{i}", i % 4);
+        put_bytes(&client, &path, &data).await;
+        files.push((path, data));
+    }
+    let keys = c.all_keys().await;
+    c.wait_placed(&keys).await;
+    (files, keys)
+}
+
+async fn read_all(c: &Cluster, files: &[(String, Vec<u8>)]) {
+    let client = c.client_with(|cfg| cfg.cache_bytes = 0).await;
+    for (path, data) in files {
+        assert_same(path, &get_bytes(&client, path).await, data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_receives_its_range() {
+    let mut c = Cluster::start(4, Opts::default()).await;
+    let (files, keys) = fill(&c, 24).await;
+
+    let new = c.add_node().await;
+    c.wait_converged().await;
+    let new_id = c.nodes[new].id;
+    let st = c.state(&c.nodes[new].addr).await.unwrap();
+    let pred = st
+        .predecessor
+        .expect("a converged node has a predecessor")
+        .id;
+    let mine: BTreeSet<Id> = keys
+        .iter()
+        .filter(|k| k.in_open_closed(&pred, &new_id))
+        .copied()
+        .collect();
+    wait_until(
+        "the new node to hold every key of (pred, new]",
+        SETTLE,
+        || async {
+            let held: BTreeSet<Id> = c
+                .keys_of(&c.nodes[new].addr)
+                .await?
+                .into_iter()
+                .map(|k| k.key)
+                .collect();
+            let missing = mine.difference(&held).count();
+            if missing > 0 {
+                return Err(format!(
+                    "{missing} of {} keys of its range missing",
+                    mine.len()
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await;
+    // Every key, not only the new node's, sits on all R of its rightful holders.
+    c.wait_placed(&keys).await;
+    read_all(&c, &files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_every_key_over_before_exit() {
+    let mut c = Cluster::start(5, Opts::default()).await;
+    let (files, keys) = fill(&c, 24).await;
+
+    // Leave twice: an ordinary node, then the node clients were seeded with.
+    for victim in [3, 0] {
+        let held: Vec<Id> = c
+            .keys_of(&c.nodes[victim].addr)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.key)
+            .collect();
+        assert!(!held.is_empty(), "node {victim} holds keys");
+        assert!(
+            c.terminate(victim, Duration::from_secs(60)).await,
+            "node {victim} exits cleanly"
+        );
+        // Checked at once: the hand-over happened before the process exited.
+        let holders = c.holders().await.unwrap();
+        let want = 3.min(c.live().len());
+        for key in &held {
+            let n = holders.get(key).map_or(0, |h| h.len());
+            assert!(
+                n >= want,
+                "after node {victim} left, key {key:?} is on {n} nodes, want {want}"
+            );
+        }
+        c.wait_converged().await;
+        c.wait_placed(&keys).await;
+        read_all(&c, &files).await;
+    }
+}
