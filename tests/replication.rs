@@ -194,3 +194,44 @@ async fn concurrent_puts_of_one_path_leave_one_clean_winner() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_while_the_root_directory_primary_dies() {
+    let mut c = Cluster::start(5, Opts::default()).await;
+    let client = c.client_with(|cfg| cfg.chunk_bytes = 16 * 1024).await;
+    let mut files = Vec::new();
+    for i in 0..3u64 {
+        let data = random_bytes(50_000 + i as usize, 700 + i);
+        let path = format!("/live/f{i}");
+        put_bytes(&client, &path, &data).await;
+        files.push((path, data));
+    }
+    // Kill the primary of the root directory (every create goes through it) and, at once,
+    // its successor's view of it is stale: the client's next writes hit a dead primary,
+    // then a successor that may not know yet that it is primary.
+    let ids = c.sorted_live_ids();
+    let root_owner = common::owner(&ids, &chordfs::proto::record::root_id());
+    let victim = c.nodes.iter().position(|n| n.id == root_owner).unwrap();
+    let writer = c.client_with(|cfg| cfg.chunk_bytes = 16 * 1024).await;
+    c.kill(victim);
+    for i in 3..8u64 {
+        let data = random_bytes(50_000 + i as usize, 700 + i);
+        let path = format!("/live/f{i}");
+        put_bytes(&writer, &path, &data).await;
+        files.push((path, data));
+    }
+    let reader = c.client_with(|cfg| cfg.cache_bytes = 0).await;
+    for (path, data) in &files {
+        assert_same(path, &get_bytes(&reader, path).await, data);
+    }
+    let dir = reader.resolve("/live").await.unwrap();
+    assert_eq!(
+        dir.inode.entries.len(),
+        files.len(),
+        "{:?}",
+        dir.inode.entries.keys()
+    );
+    c.wait_converged().await;
+    let keys = c.all_keys().await;
+    c.wait_placed(&keys).await;
+}

@@ -348,13 +348,13 @@ impl Cluster {
                     "node {i}: predecessor {pred:?}, want {want_pred:?}"
                 ));
             }
-            // Successor lists long enough to hold every replica.
-            let want_len = (n - 1).min(self.opts.replicas);
-            if n > 1 && st.successors.len() < want_len {
-                return Err(format!(
-                    "node {i}: {} successors, want >= {want_len}",
-                    st.successors.len()
-                ));
+            // The whole successor list: the next nodes in id order, no dead or missing
+            // ones, as long as the ring allows (list length: max(8, R + 1) by default).
+            let want_len = (n - 1).min(8.max(self.opts.replicas + 1));
+            let want: Vec<Id> = (1..=want_len).map(|k| ids[(pos + k) % n]).collect();
+            let got: Vec<Id> = st.successors.iter().map(|p| p.id).collect();
+            if n > 1 && got != want {
+                return Err(format!("node {i}: successor list {got:?}, want {want:?}"));
             }
         }
         Ok(())
