@@ -108,3 +108,20 @@ async fn sigterm_hands_every_key_over_before_exit() {
         read_all(&c, &files).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_comes_back_with_its_id_and_gets_its_range_again() {
+    let mut c = Cluster::start(4, Opts::default()).await;
+    let (files, keys) = fill(&c, 12).await;
+    let victim = 2;
+    let id = c.nodes[victim].id;
+    assert!(c.terminate(victim, Duration::from_secs(60)).await);
+    c.wait_converged().await;
+    c.wait_placed(&keys).await;
+
+    c.restart(victim).await;
+    assert_eq!(c.nodes[victim].id, id, "same data dir, same id");
+    c.wait_converged().await;
+    c.wait_placed(&keys).await;
+    read_all(&c, &files).await;
+}
