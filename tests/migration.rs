@@ -125,3 +125,83 @@ async fn a_node_that_left_comes_back_with_its_id_and_gets_its_range_again() {
     c.wait_placed(&keys).await;
     read_all(&c, &files).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_writes_through_joins_failures_and_leaves() {
+    let mut c = Cluster::start(4, Opts::default()).await;
+    // One client for the whole test: its view of the ring goes stale at every step.
+    let client = c
+        .client_with(|cfg| {
+            cfg.chunk_bytes = 16 * 1024;
+            cfg.cache_bytes = 0;
+        })
+        .await;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut batch = 0u64;
+    let mut write_batch = |files: &mut Vec<(String, Vec<u8>)>| {
+        batch += 1;
+        let b = batch;
+        let new: Vec<(String, Vec<u8>)> = (0..4u64)
+            .map(|i| {
+                (
+                    format!("/churn/b{b}/f{i}"),
+                    random_bytes(20_000 + (i as usize) * 7_000, b * 100 + i),
+                )
+            })
+            .collect();
+        files.extend(new.clone());
+        new
+    };
+    for step in ["start", "join", "kill", "leave", "join again", "restart"] {
+        match step {
+            "join" | "join again" => {
+                c.add_node().await;
+            }
+            "kill" => c.kill(1),
+            "leave" => assert!(c.terminate(2, Duration::from_secs(60)).await),
+            "restart" => c.restart(1).await,
+            _ => {}
+        }
+        // Write at once, while the ring is still settling...
+        for (path, data) in write_batch(&mut files) {
+            put_bytes(&client, &path, &data).await;
+        }
+        // ...and everything written so far reads back through the same client.
+        for (path, data) in &files {
+            assert_same(
+                &format!("after {step}: {path}"),
+                &get_bytes(&client, path).await,
+                data,
+            );
+        }
+    }
+    c.wait_converged().await;
+    let keys = c.all_keys().await;
+    c.wait_placed(&keys).await;
+    read_all(&c, &files).await;
+    let dir = client.resolve("/churn").await.unwrap();
+    assert_eq!(dir.inode.entries.len() as u64, batch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_down_to_one_node_keeps_everything() {
+    let mut c = Cluster::start(3, Opts::default()).await;
+    let (files, keys) = fill(&c, 8).await;
+    for victim in [0, 1] {
+        assert!(
+            c.terminate(victim, Duration::from_secs(60)).await,
+            "node {victim} exits cleanly"
+        );
+        let holders = c.holders().await.unwrap();
+        let remaining = c.live().len();
+        for key in &keys {
+            let n = holders.get(key).map_or(0, |h| h.len());
+            assert_eq!(
+                n, remaining,
+                "after node {victim} left, key {key:?} is on {n} of {remaining} nodes"
+            );
+        }
+        c.wait_converged().await;
+        read_all(&c, &files).await;
+    }
+}
