@@ -235,3 +235,51 @@ async fn writes_go_on_while_the_root_directory_primary_dies() {
     let keys = c.all_keys().await;
     c.wait_placed(&keys).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_is_routed_around_and_catches_up_when_it_thaws() {
+    let mut c = Cluster::start(5, Opts::default()).await;
+    let client = c
+        .client_with(|cfg| {
+            cfg.chunk_bytes = 16 * 1024;
+            cfg.cache_bytes = 0;
+        })
+        .await;
+    let mut files = Vec::new();
+    for i in 0..6u64 {
+        let data = random_bytes(30_000 + i as usize * 1000, 800 + i);
+        let path = format!("/frozen/f{i}");
+        put_bytes(&client, &path, &data).await;
+        files.push((path, data));
+    }
+    let keys = c.all_keys().await;
+    c.wait_placed(&keys).await;
+
+    // SIGSTOP: connections to it stay open and every call to it times out.
+    c.freeze(2);
+    // Overwrite some files (records get new versions the frozen node misses) and add more.
+    for (i, (path, data)) in files.iter_mut().enumerate().take(3) {
+        *data = random_bytes(25_000, 900 + i as u64);
+        put_bytes(&client, path, data).await;
+    }
+    for i in 6..9u64 {
+        let data = random_bytes(30_000 + i as usize * 1000, 800 + i);
+        let path = format!("/frozen/f{i}");
+        put_bytes(&client, &path, &data).await;
+        files.push((path, data));
+    }
+    for (path, data) in &files {
+        assert_same(path, &get_bytes(&client, path).await, data);
+    }
+    c.wait_converged().await;
+
+    c.thaw(2);
+    c.wait_converged().await;
+    let keys = c.all_keys().await;
+    // Every rightful holder, the thawed node included, ends with the newest versions.
+    c.wait_placed(&keys).await;
+    let fresh = c.client_with(|cfg| cfg.cache_bytes = 0).await;
+    for (path, data) in &files {
+        assert_same(path, &get_bytes(&fresh, path).await, data);
+    }
+}

@@ -77,6 +77,8 @@ pub struct NodeProc {
     pub id: Id,
     pub addr: String,
     child: Option<Child>,
+    /// Stopped with SIGSTOP: the process exists but answers nothing.
+    frozen: bool,
 }
 
 impl NodeProc {
@@ -92,8 +94,9 @@ impl NodeProc {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Running and not frozen: a member the ring should have.
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.is_some() && !self.frozen
     }
 }
 
@@ -223,6 +226,7 @@ impl Cluster {
                             id,
                             addr: e.addr,
                             child: Some(child),
+                            frozen: false,
                         };
                     }
                 }
@@ -258,8 +262,24 @@ impl Cluster {
         index
     }
 
+    /// SIGSTOP: the node hangs (its connections stay open, nothing answers), which the
+    /// ring must treat as a failure. Frozen nodes are not [`Cluster::live`].
+    pub fn freeze(&mut self, i: usize) {
+        let pid = self.nodes[i].pid().expect("node runs") as i32;
+        signal(pid, libc::SIGSTOP);
+        self.nodes[i].frozen = true;
+    }
+
+    /// SIGCONT: the frozen node carries on where it stopped.
+    pub fn thaw(&mut self, i: usize) {
+        let pid = self.nodes[i].pid().expect("node runs") as i32;
+        signal(pid, libc::SIGCONT);
+        self.nodes[i].frozen = false;
+    }
+
     /// SIGKILL: a crash.
     pub fn kill(&mut self, i: usize) {
+        self.nodes[i].frozen = false;
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
