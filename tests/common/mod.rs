@@ -254,7 +254,8 @@ impl Cluster {
     pub async fn add_node(&mut self) -> usize {
         let index = self.nodes.len();
         let dir = self.root().join(format!("node-{index}"));
-        let join = self.live().first().map(|i| self.nodes[*i].addr.clone());
+        // Through the newest member: joins go through different nodes, not always the first.
+        let join = self.live().last().map(|i| self.nodes[*i].addr.clone());
         let node = self
             .spawn(index, &dir, "127.0.0.1:0", join.as_deref())
             .await;
