@@ -283,3 +283,58 @@ async fn a_frozen_node_is_routed_around_and_catches_up_when_it_thaws() {
         assert_same(path, &get_bytes(&fresh, path).await, data);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_survives_two_nodes_dying_in_the_middle_of_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut c = Cluster::start(5, Opts::default()).await;
+    let client = c.client_with(|cfg| cfg.chunk_bytes = 128 * 1024).await;
+    let data = Arc::new(random_bytes(16 * 1024 * 1024, 4321));
+    let sent = Arc::new(AtomicU64::new(0));
+    let upload = {
+        let (client, data, sent) = (client.clone(), data.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut r = &data[..];
+            client
+                .put_file("/midway/big", &mut r, 0o644, &|n| {
+                    sent.fetch_add(n, Ordering::Relaxed);
+                })
+                .await
+        })
+    };
+    wait_until("a quarter of the upload", SETTLE, || async {
+        let n = sent.load(Ordering::Relaxed);
+        if n >= data.len() as u64 / 4 {
+            Ok(())
+        } else {
+            Err(format!("{n} bytes sent"))
+        }
+    })
+    .await;
+    // Two neighbours on the ring, neither the client's seed.
+    let ids = c.sorted_live_ids();
+    let seed_pos = ids.iter().position(|id| *id == c.nodes[0].id).unwrap();
+    let victims: Vec<usize> = [1, 2]
+        .iter()
+        .map(|k| ids[(seed_pos + k) % ids.len()])
+        .map(|id| c.nodes.iter().position(|n| n.id == id).unwrap())
+        .collect();
+    for v in &victims {
+        c.kill(*v);
+    }
+    let done = tokio::time::timeout(SETTLE, upload)
+        .await
+        .expect("upload finishes")
+        .expect("upload task");
+    let done = done.unwrap_or_else(|e| panic!("upload failed after two nodes died: {e}"));
+    assert_eq!(done.inode.size, data.len() as u64);
+    let reader = c.client_with(|cfg| cfg.cache_bytes = 0).await;
+    assert_same(
+        "/midway/big",
+        &get_bytes(&reader, "/midway/big").await,
+        &data,
+    );
+    c.wait_converged().await;
+    let keys = c.all_keys().await;
+    c.wait_placed(&keys).await;
+}
