@@ -205,3 +205,42 @@ async fn leaving_down_to_one_node_keeps_everything() {
         read_all(&c, &files).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_leave_all_land() {
+    let mut c = Cluster::start(5, Opts::default()).await;
+    let client = c
+        .client_with(|cfg| {
+            cfg.chunk_bytes = 16 * 1024;
+            cfg.cache_bytes = 0;
+        })
+        .await;
+    fill(&c, 12).await;
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut files = Vec::new();
+            for i in 0..16u64 {
+                let data = random_bytes(30_000 + i as usize * 500, 5000 + i);
+                let path = format!("/during/f{i}");
+                let mut r = &data[..];
+                client
+                    .put_file(&path, &mut r, 0o644, &|_| {})
+                    .await
+                    .unwrap_or_else(|e| panic!("put {path} during a leave: {e}"));
+                files.push((path, data));
+            }
+            files
+        })
+    };
+    // The leave overlaps the writes (the writer has only just started).
+    assert!(c.terminate(1, Duration::from_secs(60)).await);
+    let files = tokio::time::timeout(SETTLE, writer)
+        .await
+        .expect("writes finish")
+        .expect("writer");
+    c.wait_converged().await;
+    let keys = c.all_keys().await;
+    c.wait_placed(&keys).await;
+    read_all(&c, &files).await;
+}
