@@ -244,3 +244,45 @@ async fn writes_during_a_leave_all_land() {
     c.wait_placed(&keys).await;
     read_all(&c, &files).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_replica_keys_move_on_join_and_leave_without_loss() {
+    let mut c = Cluster::start(
+        3,
+        Opts {
+            replicas: 1,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let (files, keys) = fill(&c, 12).await;
+    let holders = c.holders().await.unwrap();
+    assert!(
+        holders.values().all(|h| h.len() == 1),
+        "R=1: one copy of each key"
+    );
+
+    let new = c.add_node().await;
+    c.wait_converged().await;
+    c.wait_placed(&keys).await;
+    read_all(&c, &files).await;
+
+    let held: Vec<Id> = c
+        .keys_of(&c.nodes[new].addr)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    assert!(c.terminate(new, Duration::from_secs(60)).await);
+    let holders = c.holders().await.unwrap();
+    for key in &held {
+        assert!(
+            holders.contains_key(key),
+            "key {key:?} lost when its only holder left"
+        );
+    }
+    c.wait_converged().await;
+    c.wait_placed(&keys).await;
+    read_all(&c, &files).await;
+}
