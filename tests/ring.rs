@@ -5,7 +5,7 @@ mod common;
 
 use chordfs::id::Id;
 use chordfs::proto::{Request, Response};
-use common::{owner, Cluster, Opts};
+use common::{owner, wait_until, Cluster, Opts};
 use std::collections::BTreeSet;
 
 /// Iterative Chord lookup driven from `start`: FindSuccessor, follow `Next`, until
@@ -104,4 +104,43 @@ async fn a_restarted_node_keeps_its_id_and_its_data() {
         &common::get_bytes(&fresh, "/restart/file").await,
         &data,
     );
+}
+
+/// Ok when lookups of `keys` from every running node name the owner among `ids`.
+async fn lookups_agree(c: &Cluster, keys: &[Id]) -> Result<(), String> {
+    let ids = c.sorted_live_ids();
+    for addr in c.live_addrs() {
+        for batch in keys.chunks(50) {
+            let found =
+                futures::future::join_all(batch.iter().map(|k| lookup_from(c, &addr, *k))).await;
+            for (k, got) in batch.iter().zip(found) {
+                let got = got.map_err(|e| format!("lookup from {addr}: {e}"))?;
+                if got != owner(&ids, k) {
+                    return Err(format!("lookup of {k:?} from {addr} named {got:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_failures_and_a_join_lookups_agree_again() {
+    let mut c = Cluster::start(6, Opts::default()).await;
+    let keys: Vec<Id> = (0..300u32)
+        .map(|i| Id::hash(format!("after-failure-{i}").as_bytes()))
+        .collect();
+    lookups_agree(&c, &keys).await.unwrap();
+    // Two failures, then a join: fingers and successor lists that named the dead must
+    // be replaced, and the newcomer found, by the ring's own maintenance.
+    c.kill(2);
+    c.kill(4);
+    c.add_node().await;
+    c.wait_converged().await;
+    wait_until(
+        "lookups from every node to agree with the sorted ids",
+        common::SETTLE,
+        || lookups_agree(&c, &keys),
+    )
+    .await;
 }
