@@ -233,8 +233,12 @@ async fn writes_during_a_leave_all_land() {
             files
         })
     };
-    // The leave overlaps the writes (the writer has only just started).
-    assert!(c.terminate(1, Duration::from_secs(60)).await);
+    // The leaver is the root directory's primary, which every create updates; the leave
+    // overlaps the writes (the writer has only just started).
+    let ids = c.sorted_live_ids();
+    let root_owner = common::owner(&ids, &chordfs::proto::record::root_id());
+    let victim = c.nodes.iter().position(|n| n.id == root_owner).unwrap();
+    assert!(c.terminate(victim, Duration::from_secs(60)).await);
     let files = tokio::time::timeout(SETTLE, writer)
         .await
         .expect("writes finish")
