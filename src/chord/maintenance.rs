@@ -98,14 +98,18 @@ impl Node {
                         .write()
                         .expect("routing lock")
                         .set_successors(first.clone(), &tail);
-                    let _ = self
-                        .call(
-                            &first,
-                            Request::Notify {
-                                candidate: self.me.clone(),
-                            },
-                        )
-                        .await;
+                    // A leaving node keeps its successor list fresh for the hand-over, but
+                    // must not offer itself as anyone's predecessor again.
+                    if !self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+                        let _ = self
+                            .call(
+                                &first,
+                                Request::Notify {
+                                    candidate: self.me.clone(),
+                                },
+                            )
+                            .await;
+                    }
                     return;
                 }
                 Ok(_) | Err(_) => {

@@ -111,6 +111,17 @@ impl Node {
                     holders.push(p);
                 }
             }
+            // A successor list never names its own node, so on a ring of R nodes or fewer
+            // `from`'s list stops short of it although it is the last holder (the ring
+            // wraps back to it). Without this, a node of a small ring would count itself
+            // out and drop its copy.
+            let from_gone = leaving && from.id == self.me.id;
+            if holders.len() < self.cfg.replicas
+                && !from_gone
+                && !holders.iter().any(|h| h.id == from.id)
+            {
+                holders.push(from.clone());
+            }
             let (left, short) = self
                 .repair_group(&keys[i..j], &holders, leaving, &mut throttle)
                 .await;

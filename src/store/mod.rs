@@ -196,6 +196,21 @@ impl Store {
             .collect()
     }
 
+    /// At most `limit` keys after `after` (from the start when `None`), in ring order.
+    pub fn keys_after(&self, after: Option<Id>, limit: usize) -> Vec<(Id, Meta)> {
+        use std::ops::Bound;
+        let index = self.index.lock().expect("index lock");
+        let from = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        index
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, m)| (*k, *m))
+            .collect()
+    }
+
     pub fn counts(&self) -> (u64, u64, u64) {
         let index = self.index.lock().expect("index lock");
         let (mut chunks, mut records, mut bytes) = (0, 0, 0);
