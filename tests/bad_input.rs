@@ -7,7 +7,6 @@ mod common;
 use chordfs::id::Id;
 use chordfs::proto::{codec, Envelope, ErrorKind, Request, Response, KEYS_MAX};
 use common::{assert_same, get_bytes, put_bytes, random_bytes, wait_until, Cluster, Opts, SETTLE};
-use serde_bytes::ByteBuf;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +14,18 @@ use tokio::net::TcpStream;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection past the handshake (these nodes have no cluster secret), so what follows
+/// reaches the frame decoder.
 async fn connect(addr: &str) -> TcpStream {
+    let mut s = raw_connect(addr).await;
+    chordfs::net::auth::client_handshake(&mut s, b"", IO_TIMEOUT)
+        .await
+        .expect("handshake");
+    s
+}
+
+/// A connection that has not authenticated.
+async fn raw_connect(addr: &str) -> TcpStream {
     tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
         .await
         .expect("connect in time")
@@ -117,6 +127,16 @@ async fn broken_frames_get_an_error_or_a_closed_connection_and_nothing_else() {
     c.wait_placed(&keys).await;
     let addr = c.nodes[1].addr.clone();
 
+    // Before authenticating, nothing is decoded as a request: junk, or a well-formed
+    // request frame, only closes the connection.
+    let mut s = raw_connect(&addr).await;
+    send(&mut s, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await;
+    assert!(closed_by_node(&mut s, "huge hello").await);
+    let mut s = raw_connect(&addr).await;
+    send(&mut s, &frame(&codec::encode(1, &Request::Stats).unwrap())).await;
+    assert!(closed_by_node(&mut s, "request without handshake").await);
+    assert_healthy(&c, &addr, &files, "frames before the handshake").await;
+
     // A length prefix far above the frame cap: refused before buffering, connection closed.
     let mut s = connect(&addr).await;
     send(&mut s, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await;
@@ -192,7 +212,7 @@ async fn broken_frames_get_an_error_or_a_closed_connection_and_nothing_else() {
     for (id, replicate) in [(80, true), (81, false)] {
         let req = Request::PutChunk {
             key: bogus,
-            data: ByteBuf::from(b"other bytes".to_vec()),
+            data: bytes::Bytes::from_static(b"other bytes"),
             replicate,
         };
         send(&mut s, &frame(&codec::encode(id, &req).unwrap())).await;
@@ -221,7 +241,7 @@ async fn broken_frames_get_an_error_or_a_closed_connection_and_nothing_else() {
     let big = random_bytes(1 << 20, 4242);
     let req = Request::PutChunk {
         key: Id::hash(&big),
-        data: ByteBuf::from(big.clone()),
+        data: bytes::Bytes::from(big.clone()),
         replicate: true,
     };
     let f = frame(&codec::encode(90, &req).unwrap());
