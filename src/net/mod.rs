@@ -38,12 +38,18 @@ pub enum RpcError {
 }
 
 impl RpcError {
-    /// True when the peer may be down or unreachable (so try another), as opposed to
-    /// having answered.
+    /// True when the peer may be down or unreachable, or is leaving the ring (so try
+    /// another), as opposed to having answered.
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::Disconnected { .. }
+            RpcError::Connect { .. }
+                | RpcError::Timeout { .. }
+                | RpcError::Disconnected { .. }
+                | RpcError::Remote {
+                    kind: ErrorKind::ShuttingDown,
+                    ..
+                }
         )
     }
 
