@@ -239,6 +239,7 @@ impl Node {
             if let Err(e) = self.repair_pass(false).await {
                 tracing::warn!("repair pass failed: {e}");
             }
+            self.scrub_step(super::scrub::SCRUB_BYTES_PER_STEP).await;
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod maintenance;
 pub mod node;
 pub mod repair;
 pub mod routing;
+pub mod scrub;
 
 pub use node::{Node, NodeConfig};
 pub use routing::{Routing, Step};

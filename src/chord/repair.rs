@@ -32,6 +32,13 @@ pub struct RepairStatus {
     pub under_replicated: u64,
     pub last_pass_ms: u64,
     pub last_error: Option<String>,
+    /// Scrubbing: copies re-read and verified since start, and full passes done.
+    pub scrubbed_keys: u64,
+    pub scrubbed_bytes: u64,
+    pub scrub_passes: u64,
+    /// Where the scrub resumes.
+    #[serde(skip)]
+    pub scrub_cursor: Option<Id>,
 }
 
 impl RepairStatus {
