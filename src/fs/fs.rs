@@ -192,10 +192,14 @@ impl Fs {
         } else {
             self.get(&id).await?
         };
-        if let Some(f) = self.open.get(&id) {
-            f.refresh(r.inode.clone()).await;
-        }
+        self.refresh_open(r.clone()).await;
         Ok(self.attr_of(&r))
+    }
+
+    async fn refresh_open(&self, r: InodeRef) {
+        if let Some(f) = self.open.get(&r.id) {
+            f.refresh(r.inode).await;
+        }
     }
 
     /// Creates a node of any kind under `parent`, owned by the caller (the group of a
@@ -457,7 +461,11 @@ impl Fs {
 
     pub async fn getxattr(&self, ino: INodeNo, name: &std::ffi::OsStr) -> FsResult<Vec<u8>> {
         let name = name_str(name)?;
-        let r = self.get(&self.id(ino)?).await?;
+        let id = self.id(ino)?;
+        if let Some(f) = self.open.get(&id) {
+            return f.xattr(name).await.ok_or(Errno::ENODATA);
+        }
+        let r = self.get(&id).await?;
         r.inode
             .xattrs
             .get(name)
@@ -508,7 +516,10 @@ impl Fs {
             })
             .await;
         match res {
-            Ok(_) => Ok(()),
+            Ok((_, r)) => {
+                self.refresh_open(r).await;
+                Ok(())
+            }
             Err(ClientError::NotFound(n)) if n == name => Err(Errno::ENODATA),
             Err(e) => Err(log_errno("setxattr", &e)),
         }
@@ -529,7 +540,10 @@ impl Fs {
             })
             .await;
         match res {
-            Ok(_) => Ok(()),
+            Ok((_, r)) => {
+                self.refresh_open(r).await;
+                Ok(())
+            }
             Err(ClientError::NotFound(n)) if n == name => Err(Errno::ENODATA),
             Err(e) => Err(log_errno("removexattr", &e)),
         }

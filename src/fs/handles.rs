@@ -83,6 +83,8 @@ pub struct FileState {
     /// New mtime (and ctime) of written content, not yet committed.
     mtime: Option<Timespec>,
     dirty: bool,
+    /// Set by a background upload that failed: writes fail fast until a commit succeeds.
+    failed: Arc<AtomicBool>,
     last_read_end: u64,
     prefetched_to: usize,
 }
@@ -160,7 +162,21 @@ impl OpenFile {
             s.size = inode.size;
             s.base = inode;
             s.prefetched_to = 0;
+        } else {
+            s.base.xattrs = inode.xattrs;
         }
+    }
+
+    /// An extended attribute as of the last record read or written (the kernel asks
+    /// for `security.capability` before every write; this spares the ring a read).
+    pub async fn xattr(&self, name: &str) -> Option<Vec<u8>> {
+        self.state
+            .lock()
+            .await
+            .base
+            .xattrs
+            .get(name)
+            .map(|v| v.to_vec())
     }
 }
 
@@ -174,6 +190,7 @@ impl FileState {
             truncated_to: None,
             mtime: None,
             dirty: false,
+            failed: Arc::new(AtomicBool::new(false)),
             last_read_end: u64::MAX,
             prefetched_to: 0,
         }
@@ -236,15 +253,31 @@ impl FileState {
             .await
             .expect("budget never closed");
         let (client, uploads, d) = (e.client.clone(), e.uploads.clone(), data.clone());
+        let failed = self.failed.clone();
         let handle = tokio::spawn(async move {
             let _held = permit;
             let _slot = uploads.acquire_owned().await.expect("never closed");
-            client.put_block(d).await
+            if failed.load(Ordering::Acquire) {
+                // An upload of this file failed: leave the rest to the next commit.
+                return Err(ClientError::Invalid("skipped after a failed upload".into()));
+            }
+            let r = client.put_block(d).await;
+            if let Err(err) = &r {
+                tracing::warn!("uploading chunk {i} failed: {err}");
+                failed.store(true, Ordering::Release);
+            }
+            r
         });
         self.slots.insert(i, Slot::Uploading(data, handle));
     }
 
     async fn write(&mut self, e: &Engine, offset: u64, data: &[u8]) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(ClientError::Unavailable {
+                what: format!("inode {}", self.id.short()),
+                last: "an earlier chunk upload failed; fsync or close to retry".into(),
+            });
+        }
         let cb = self.cb();
         let end = offset + data.len() as u64;
         let mut pos = offset;
@@ -377,11 +410,20 @@ impl FileState {
         if !self.dirty {
             return Ok(());
         }
+        // A retry after a failure starts the failed uploads over.
+        self.failed.store(false, Ordering::Release);
         self.upload_dirty(e).await;
         let mut failed: Option<ClientError> = None;
         let indices: Vec<usize> = self.slots.keys().copied().collect();
         for i in indices {
             if let Some(Slot::Uploading(data, handle)) = self.slots.remove(&i) {
+                if failed.is_some() {
+                    // Fail fast: the rest stays dirty for the next commit.
+                    handle.abort();
+                    let _ = handle.await;
+                    self.slots.insert(i, Slot::Dirty(data.to_vec()));
+                    continue;
+                }
                 let res = match handle.await {
                     Ok(r) => r,
                     Err(join) => Err(ClientError::Io(std::io::Error::other(join.to_string()))),
@@ -398,6 +440,7 @@ impl FileState {
             }
         }
         if let Some(err) = failed {
+            self.failed.store(true, Ordering::Release);
             return Err(err);
         }
         let stored: Vec<(usize, Id)> = self
