@@ -2,7 +2,7 @@
 //! client library.
 //!
 //! ```text
-//!  kernel --/dev/fuse--> fuser threads (ops.rs) --spawn--> tokio tasks (fs.rs)
+//!  kernel --/dev/fuse--> fuser threads (ops.rs) --spawn--> tokio tasks (vfs.rs)
 //!                                                          |  open files (handles.rs)
 //!                                                          v
 //!                                             client library -> ring
@@ -53,12 +53,12 @@
 //!   `RENAME_EXCHANGE` is refused (`EINVAL`); `RENAME_NOREPLACE` is honoured.
 
 mod errno;
-mod fs;
 mod handles;
 mod inodes;
 mod mount;
 mod ops;
 mod options;
+mod vfs;
 
 pub use errno::errno;
 pub use mount::{run, MountArgs, MountError};

@@ -1,9 +1,9 @@
 //! Mounting: the foreground process (connect, mount, serve until unmounted) and the
 //! background start (re-run ourselves with `--foreground`, return once mounted).
 
-use super::fs::{Fs, FsConfig};
 use super::ops::ChordFuse;
 use super::options::{self, MountOptions};
+use super::vfs::{Fs, FsConfig};
 use crate::client::{Client, ClientConfig};
 use fuser::{Config, MountOption, SessionACL};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! fuser's callbacks: each one copies its arguments, hands its reply to a task on the
 //! mount's tokio runtime and returns, so FUSE threads never wait on the network.
 
-use super::fs::{Caller, Fs, FsResult, SetAttr};
+use super::vfs::{Caller, Fs, FsResult, SetAttr};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,

@@ -191,7 +191,7 @@ pub fn mount_pids(dir: &Path) -> Vec<u32> {
             .collect();
         if args.first().is_some_and(|a| a.ends_with("chordfs"))
             && args.iter().any(|a| a == "--foreground")
-            && args.iter().any(|a| *a == want)
+            && args.contains(&want)
         {
             pids.push(pid);
         }
