@@ -146,6 +146,17 @@ impl OpenFile {
         r
     }
 
+    /// Grows the file to `size` (never shrinks it).
+    pub async fn extend(&self, e: &Engine, size: u64) -> Result<()> {
+        let mut s = self.state.lock().await;
+        if size <= s.size {
+            return Ok(());
+        }
+        let r = s.truncate(e, size).await;
+        self.set_overlay(&s);
+        r
+    }
+
     /// Makes everything written durable and writes the record.
     pub async fn commit(&self, e: &Engine) -> Result<()> {
         let mut s = self.state.lock().await;
@@ -400,6 +411,9 @@ impl FileState {
             }
             self.truncated_to = Some(self.truncated_to.map_or(size, |t| t.min(size)));
             self.prefetched_to = 0;
+        }
+        if size != self.size {
+            self.mtime = Some(Timespec::now());
         }
         self.size = size;
         self.dirty = true;

@@ -429,6 +429,21 @@ impl fuser::Filesystem for ChordFuse {
         self.spawn(|fs| async move { empty(reply, fs.removexattr(ino, &name).await) });
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(
+            |fs| async move { empty(reply, fs.fallocate(fh.0, offset, length, mode).await) },
+        );
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions (default_permissions); existence is all that is left.
         reply.ok();

@@ -368,6 +368,22 @@ impl Fs {
         Ok(data.len() as u32)
     }
 
+    /// posix_fallocate: grows the file (the new range reads as zeros and takes no space
+    /// until written; the ring has no reservations). Other modes are not supported.
+    pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let f = self.file(fh)?;
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Ok(());
+        }
+        f.extend(&self.engine, end)
+            .await
+            .map_err(|e| log_errno("fallocate", &e))
+    }
+
     /// flush and fsync: everything written through any handle of the file is durable.
     pub async fn sync(&self, fh: u64) -> FsResult<()> {
         let f = self.file(fh)?;
