@@ -14,6 +14,9 @@ use std::time::Duration;
 
 pub type FsResult<T> = std::result::Result<T, Errno>;
 
+/// Directory records kept for lookups.
+const DIR_CACHE_ENTRIES: u64 = 4096;
+
 /// Settings of a mount that the operations need.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
@@ -45,6 +48,9 @@ pub struct Fs {
     pub open: OpenFiles,
     pub files: Handles<Arc<OpenFile>>,
     pub dirs: Handles<Arc<Vec<DirRow>>>,
+    /// Directory records read in the last `ttl`, for lookups (the kernel's own name cache
+    /// has the same lifetime). Changes made through this mount drop the entry at once.
+    dir_cache: moka::sync::Cache<Id, Arc<InodeRef>>,
 }
 
 /// Changes asked of `setattr`.
@@ -73,11 +79,15 @@ impl Fs {
     pub fn new(client: Arc<Client>, cfg: FsConfig) -> Fs {
         Fs {
             engine: Engine::new(client),
-            cfg,
+            cfg: cfg.clone(),
             inodes: InodeTable::new(),
             open: OpenFiles::default(),
             files: Handles::new(),
             dirs: Handles::new(),
+            dir_cache: moka::sync::Cache::builder()
+                .max_capacity(DIR_CACHE_ENTRIES)
+                .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
+                .build(),
         }
     }
 
@@ -94,6 +104,24 @@ impl Fs {
             .get_inode(id)
             .await
             .map_err(|e| log_errno("get inode", &e))
+    }
+
+    /// A directory's record, from the cache when read within the last `ttl`.
+    async fn dir(&self, id: &Id) -> FsResult<Arc<InodeRef>> {
+        if let Some(d) = self.dir_cache.get(id) {
+            return Ok(d);
+        }
+        let d = Arc::new(self.get(id).await?);
+        if d.inode.kind == Kind::Dir && !self.cfg.ttl.is_zero() {
+            self.dir_cache.insert(*id, d.clone());
+        }
+        Ok(d)
+    }
+
+    fn forget_dirs(&self, ids: &[Id]) {
+        for id in ids {
+            self.dir_cache.invalidate(id);
+        }
     }
 
     /// The attributes of an inode, with what its open handles wrote but not committed.
@@ -118,7 +146,7 @@ impl Fs {
         if name.len() > crate::client::tree::NAME_MAX_BYTES {
             return Err(Errno::ENAMETOOLONG);
         }
-        let dir = self.get(&self.id(parent)?).await?;
+        let dir = self.dir(&self.id(parent)?).await?;
         if dir.inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
@@ -129,11 +157,15 @@ impl Fs {
 
     pub async fn getattr(&self, ino: INodeNo) -> FsResult<FileAttr> {
         let r = self.get(&self.id(ino)?).await?;
+        if r.inode.kind == Kind::Dir && !self.cfg.ttl.is_zero() {
+            self.dir_cache.insert(r.id, Arc::new(r.clone()));
+        }
         Ok(self.attr_of(&r))
     }
 
     pub async fn setattr(&self, ino: INodeNo, set: SetAttr) -> FsResult<FileAttr> {
         let id = self.id(ino)?;
+        self.forget_dirs(&[id]);
         let now = Timespec::now();
         if let Some(size) = set.size {
             let cur = self.get(&id).await?;
@@ -215,7 +247,7 @@ impl Fs {
     ) -> FsResult<InodeRef> {
         let name = name_str(name)?;
         let pid = self.id(parent)?;
-        let dir = self.get(&pid).await?;
+        let dir = self.dir(&pid).await?;
         if dir.inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
@@ -244,10 +276,9 @@ impl Fs {
         if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
             inode.rdev = rdev;
         }
-        self.client()
-            .create_child(&pid, name, inode)
-            .await
-            .map_err(|e| log_errno("create", &e))
+        let res = self.client().create_child(&pid, name, inode).await;
+        self.forget_dirs(&[pid]);
+        res.map_err(|e| log_errno("create", &e))
     }
 
     /// Removes a name; deletes the inode when no name and no open handle is left.
@@ -258,7 +289,9 @@ impl Fs {
             .client()
             .unlink_child(&pid, name, dir)
             .await
+            .inspect_err(|_| self.forget_dirs(&[pid]))
             .map_err(|e| log_errno("unlink", &e))?;
+        self.forget_dirs(&[pid, id]);
         if !dir {
             self.maybe_delete(&id, left).await;
         }
@@ -291,8 +324,11 @@ impl Fs {
             .client()
             .rename(&src, name, &dst, newname, no_replace)
             .await
+            .inspect_err(|_| self.forget_dirs(&[src, dst]))
             .map_err(|e| log_errno("rename", &e))?;
+        self.forget_dirs(&[src, dst]);
         if let Some((old, left)) = replaced {
+            self.forget_dirs(&[old]);
             self.maybe_delete(&old, left).await;
         }
         Ok(())
@@ -310,6 +346,7 @@ impl Fs {
             .client()
             .link_child(&id, &pid, name)
             .await
+            .inspect(|_| self.forget_dirs(&[pid]))
             .map_err(|e| match e {
                 ClientError::IsDir(_) => Errno::EPERM,
                 e => log_errno("link", &e),
