@@ -5,8 +5,8 @@ use super::vfs::{Caller, Fs, FsResult, SetAttr};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -14,6 +14,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio_util::task::TaskTracker;
+
+/// Listing rows whose attributes one readdirplus step fetches at once.
+const READDIRPLUS_BATCH: usize = 64;
 
 /// Largest read or write the kernel sends in one request (its limit here is 1 MiB).
 pub const MAX_IO_BYTES: u32 = 1024 * 1024;
@@ -83,7 +86,12 @@ impl fuser::Filesystem for ChordFuse {
         let _ = config.set_max_readahead(MAX_IO_BYTES);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
-        for cap in [InitFlags::FUSE_ASYNC_READ, InitFlags::FUSE_PARALLEL_DIROPS] {
+        for cap in [
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
             let _ = config.add_capabilities(cap);
         }
         Ok(())
@@ -364,6 +372,45 @@ impl fuser::Filesystem for ChordFuse {
         reply.ok();
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(rows) = self.fs.dirs.get(fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        self.spawn(|fs| async move {
+            let ttl = fs.cfg.ttl;
+            let mut next = offset as usize;
+            while next < rows.len() {
+                let batch = &rows[next..(next + READDIRPLUS_BATCH).min(rows.len())];
+                let attrs = match fs.row_attrs(batch).await {
+                    Ok(a) => a,
+                    Err(e) => return reply.error(e),
+                };
+                for (row, attr) in batch.iter().zip(attrs) {
+                    next += 1;
+                    let Some(attr) = attr else { continue };
+                    if reply.add(
+                        INodeNo(row.ino),
+                        next as u64,
+                        &row.name,
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                    ) {
+                        return reply.ok();
+                    }
+                }
+            }
+            reply.ok()
+        });
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -416,6 +463,10 @@ impl fuser::Filesystem for ChordFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if let Some(res) = self.fs.cached_xattr(ino, name) {
+            // `ls -l` asks this of every file: answer without a task when we can.
+            return xattr(reply, size, res);
+        }
         let name = name.to_owned();
         self.spawn(|fs| async move { xattr(reply, size, fs.getxattr(ino, &name).await) });
     }

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 pub type FsResult<T> = std::result::Result<T, Errno>;
 
+/// Inodes whose extended attributes are kept.
+const XATTR_CACHE_ENTRIES: u64 = 16_384;
+
 /// Directory records kept for lookups.
 const DIR_CACHE_ENTRIES: u64 = 4096;
 
@@ -29,6 +32,7 @@ pub struct FsConfig {
 /// One row of a directory listing, taken at opendir.
 #[derive(Clone, Debug)]
 pub struct DirRow {
+    pub id: Id,
     pub ino: u64,
     pub kind: FileType,
     pub name: String,
@@ -51,7 +55,12 @@ pub struct Fs {
     /// Directory records read in the last `ttl`, for lookups (the kernel's own name cache
     /// has the same lifetime). Changes made through this mount drop the entry at once.
     dir_cache: moka::sync::Cache<Id, Arc<InodeRef>>,
+    /// Extended attributes of inodes read in the last `ttl` (`ls -l` asks for
+    /// `security.*` names of every file it lists; this spares the ring those reads).
+    xattr_cache: moka::sync::Cache<Id, Arc<Xattrs>>,
 }
+
+type Xattrs = std::collections::BTreeMap<String, serde_bytes::ByteBuf>;
 
 /// Changes asked of `setattr`.
 #[derive(Clone, Debug, Default)]
@@ -86,6 +95,10 @@ impl Fs {
             dirs: Handles::new(),
             dir_cache: moka::sync::Cache::builder()
                 .max_capacity(DIR_CACHE_ENTRIES)
+                .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
+                .build(),
+            xattr_cache: moka::sync::Cache::builder()
+                .max_capacity(XATTR_CACHE_ENTRIES)
                 .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
                 .build(),
         }
@@ -126,6 +139,10 @@ impl Fs {
 
     /// The attributes of an inode, with what its open handles wrote but not committed.
     pub fn attr_of(&self, r: &InodeRef) -> FileAttr {
+        if !self.cfg.ttl.is_zero() {
+            self.xattr_cache
+                .insert(r.id, Arc::new(r.inode.xattrs.clone()));
+        }
         let ino = self.inodes.ino(&r.id);
         let mut a = attr(ino, &r.inode);
         if r.inode.kind == Kind::File {
@@ -229,6 +246,8 @@ impl Fs {
     }
 
     async fn refresh_open(&self, r: InodeRef) {
+        self.xattr_cache
+            .insert(r.id, Arc::new(r.inode.xattrs.clone()));
         if let Some(f) = self.open.get(&r.id) {
             f.refresh(r.inode).await;
         }
@@ -470,11 +489,13 @@ impl Fs {
         let parent = self.inodes.ino(&r.inode.parent);
         let mut rows = vec![
             DirRow {
+                id: r.id,
                 ino: me,
                 kind: FileType::Directory,
                 name: ".".into(),
             },
             DirRow {
+                id: r.inode.parent,
                 ino: parent,
                 kind: FileType::Directory,
                 name: "..".into(),
@@ -482,12 +503,28 @@ impl Fs {
         ];
         for (name, e) in &r.inode.entries {
             rows.push(DirRow {
+                id: e.id,
                 ino: self.inodes.ino(&e.id),
                 kind: super::inodes::file_type(e.kind),
                 name: name.clone(),
             });
         }
         Ok(self.dirs.insert(Arc::new(rows)))
+    }
+
+    /// Attributes of a batch of listing rows, fetched in parallel; `None` for a row
+    /// whose inode vanished since the listing was taken.
+    pub async fn row_attrs(&self, rows: &[DirRow]) -> FsResult<Vec<Option<FileAttr>>> {
+        let ids: Vec<Id> = rows.iter().map(|r| r.id).collect();
+        let got =
+            futures::future::join_all(ids.iter().map(|id| self.client().get_inode_opt(id))).await;
+        got.into_iter()
+            .map(|g| match g {
+                Ok(Some(r)) => Ok(Some(self.attr_of(&r))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(log_errno("readdirplus", &e)),
+            })
+            .collect()
     }
 
     pub async fn statfs(&self) -> FsResult<(u64, u64, u64)> {
@@ -524,6 +561,18 @@ impl Fs {
             .get(name)
             .map(|v| v.to_vec())
             .ok_or(Errno::ENODATA)
+    }
+
+    /// An extended attribute answered from memory, when the inode was read within the
+    /// TTL and is not open (open files answer from their own state).
+    pub fn cached_xattr(&self, ino: INodeNo, name: &std::ffi::OsStr) -> Option<FsResult<Vec<u8>>> {
+        let id = self.inodes.id(ino)?;
+        let name = name.to_str()?;
+        if self.open.get(&id).is_some() {
+            return None;
+        }
+        let x = self.xattr_cache.get(&id)?;
+        Some(x.get(name).map(|v| v.to_vec()).ok_or(Errno::ENODATA))
     }
 
     pub async fn listxattr(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
