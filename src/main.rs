@@ -171,6 +171,7 @@ fn main() -> Result<()> {
             mountpoint,
             options,
             foreground,
+            secret_file: ring.secret_file,
         })
         .context("mount failed"),
         other => tokio::runtime::Runtime::new()?.block_on(run(other)),

@@ -22,6 +22,8 @@
 //! `-o` takes a comma-separated list and may repeat; later values win.
 //! - `ring=HOST:PORT`: any ring member (overrides `--ring`; default `$CHORDFS_RING`,
 //!   else `127.0.0.1:7400`).
+//! - `secret_file=PATH`: the cluster secret, when the ring has one (also
+//!   `--secret-file` or `$CHORDFS_SECRET_FILE`).
 //! - `chunk_size=BYTES`: chunk size of files created through this mount (default
 //!   1 MiB; at most 32 MiB). Existing files keep their own.
 //! - `cache_size=BYTES`: size of the chunk cache in memory (default 64 MiB).

@@ -24,6 +24,8 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     pub options: Vec<String>,
     pub foreground: bool,
+    /// File holding the cluster secret (also `-o secret_file=PATH`).
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +58,11 @@ pub fn run(args: MountArgs) -> Result<(), MountError> {
             reason: "not a directory".into(),
         });
     }
+    let secret_file = opts.secret_file.clone().or(args.secret_file.clone());
     if args.foreground {
-        serve(&ring, &mountpoint, &opts)
+        serve(&ring, &mountpoint, &opts, secret_file.as_deref())
     } else {
-        start_background(&ring, &mountpoint, &args.options)
+        start_background(&ring, &mountpoint, &args.options, secret_file.as_deref())
     }
 }
 
@@ -91,7 +94,12 @@ pub fn mounts_at(mountpoint: &Path) -> usize {
         .count()
 }
 
-fn start_background(ring: &str, mountpoint: &Path, opts: &[String]) -> Result<(), MountError> {
+fn start_background(
+    ring: &str,
+    mountpoint: &Path,
+    opts: &[String],
+    secret_file: Option<&Path>,
+) -> Result<(), MountError> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let log = log_path(mountpoint);
@@ -103,6 +111,9 @@ fn start_background(ring: &str, mountpoint: &Path, opts: &[String]) -> Result<()
         .arg(ring)
         .arg(mountpoint)
         .arg("--foreground");
+    if let Some(f) = secret_file {
+        cmd.arg("--secret-file").arg(f);
+    }
     if !opts.is_empty() {
         cmd.arg("-o").arg(opts.join(","));
     }
@@ -172,12 +183,23 @@ fn fuse_config(ring: &str, opts: &MountOptions) -> Config {
 }
 
 /// The foreground mount: connect, mount, serve until unmounted, flush, return.
-fn serve(ring: &str, mountpoint: &Path, opts: &MountOptions) -> Result<(), MountError> {
+fn serve(
+    ring: &str,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    secret_file: Option<&Path>,
+) -> Result<(), MountError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()?;
     let mut cfg = ClientConfig::new(ring);
+    if let Some(f) = secret_file {
+        let secret = crate::net::auth::read_secret_file(f).map_err(|e| {
+            MountError::Options(format!("cannot read the secret file {}: {e}", f.display()))
+        })?;
+        cfg.secret = Some(Arc::from(secret));
+    }
     if let Some(c) = opts.chunk_bytes {
         cfg.chunk_bytes = c;
     }

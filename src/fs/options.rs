@@ -10,6 +10,8 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountOptions {
     pub ring: Option<String>,
+    /// File holding the cluster secret (`secret_file=PATH`).
+    pub secret_file: Option<std::path::PathBuf>,
     pub chunk_bytes: Option<u32>,
     pub cache_bytes: Option<u64>,
     pub timeout: Duration,
@@ -25,6 +27,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             ring: None,
+            secret_file: None,
             chunk_bytes: None,
             cache_bytes: None,
             timeout: DEFAULT_OP_TIMEOUT,
@@ -120,6 +123,7 @@ pub fn parse(list: &[String]) -> Result<MountOptions, String> {
         let need = || value.ok_or_else(|| format!("option {key} needs a value"));
         match key {
             "ring" => o.ring = Some(need()?.to_string()),
+            "secret_file" => o.secret_file = Some(need()?.into()),
             "chunk_size" => {
                 let n = parse_bytes(need()?)?;
                 let max = crate::proto::CHUNK_MAX_BYTES as u64;
