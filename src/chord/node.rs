@@ -278,20 +278,30 @@ impl Node {
 
     async fn put_chunk(&self, key: Id, data: Bytes, replicate: bool) -> Response {
         self.counters.chunk_puts.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.store.put_chunk(key, data.clone()).await {
-            return store_error(e);
-        }
         if !replicate {
-            return Response::Stored { copies: 1 };
+            return match self.store.put_chunk(key, data).await {
+                Ok(_) => Response::Stored { copies: 1 },
+                Err(e) => store_error(e),
+            };
+        }
+        // A bad hash must not travel: check it before forwarding anything.
+        let actual = Id::hash(&data);
+        if actual != key {
+            return store_error(store::StoreError::HashMismatch { key, actual });
         }
         let required = self.required_copies();
-        let more = self
-            .replicate(required - 1, || Request::PutChunk {
+        // The local copy and the replicas' are written at once: one fsync latency, not two.
+        let (local, more) = tokio::join!(
+            self.store.put_chunk(key, data.clone()),
+            self.replicate(required - 1, || Request::PutChunk {
                 key,
                 data: data.clone(),
                 replicate: false,
             })
-            .await;
+        );
+        if let Err(e) = local {
+            return store_error(e);
+        }
         let copies = 1 + more;
         if copies < required {
             return Response::error(
@@ -345,32 +355,34 @@ impl Node {
             self.pull_record(key).await;
         }
         let version = expect + 1;
-        let res = self
-            .store
-            .put_record_if(key, version, record.clone(), |cur| cur == expect)
-            .await;
-        match res {
-            Err(e) => store_error(e),
-            Ok((current, false)) => Response::Conflict { current },
-            Ok((_, true)) => {
-                let required = self.required_copies();
-                let more = self
-                    .replicate(required - 1, || Request::PutRecordCopy {
-                        key,
-                        version,
-                        record: record.clone(),
-                    })
-                    .await;
-                if 1 + more < required {
-                    return Response::error(
-                        ErrorKind::Unavailable,
-                        format!("only {} of {required} copies durable", 1 + more),
-                    );
-                }
-                Response::Stored {
-                    copies: (1 + more) as u32,
-                }
-            }
+        // The stripe stays locked until the replicas have answered: no other write to
+        // this record can send them a different body under the same version.
+        let _guard = self.store.lock_record(&key).await;
+        let current = self.store.record_version(&key);
+        if current != expect {
+            return Response::Conflict { current };
+        }
+        let required = self.required_copies();
+        // The local copy and the replicas' are written at once: one fsync latency, not two.
+        let (local, more) = tokio::join!(
+            self.store.write_record(key, version, record.clone()),
+            self.replicate(required - 1, || Request::PutRecordCopy {
+                key,
+                version,
+                record: record.clone(),
+            })
+        );
+        if let Err(e) = local {
+            return store_error(e);
+        }
+        if 1 + more < required {
+            return Response::error(
+                ErrorKind::Unavailable,
+                format!("only {} of {required} copies durable", 1 + more),
+            );
+        }
+        Response::Stored {
+            copies: (1 + more) as u32,
         }
     }
 

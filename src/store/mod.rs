@@ -343,6 +343,35 @@ impl Store {
         }
     }
 
+    /// Holds the record stripe of `key`: no other record write to it happens meanwhile.
+    /// A primary keeps it across its compare-and-set and the copies it sends, so that
+    /// replicas never receive two different bodies under one version.
+    pub async fn lock_record(&self, key: &Id) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = key.0[19] as usize % RECORD_LOCK_STRIPES;
+        self.record_locks[stripe].lock().await
+    }
+
+    /// The version of the record held under `key` (0: none).
+    pub fn record_version(&self, key: &Id) -> u64 {
+        match self.meta(key) {
+            Some(m) if m.kind == EntryKind::Record => m.version,
+            _ => 0,
+        }
+    }
+
+    /// Writes a record durably; the caller holds its stripe (see `lock_record`).
+    pub async fn write_record(
+        self: &Arc<Self>,
+        key: Id,
+        version: u64,
+        record: Record,
+    ) -> Result<(), StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_record_blocking(key, version, &record))
+            .await
+            .expect("store task panicked")
+    }
+
     /// Writes a record when `decide(current_version)` allows it, with no other record
     /// write to the same stripe in between. Returns the version held afterwards and
     /// whether this write happened.
@@ -353,19 +382,12 @@ impl Store {
         record: Record,
         decide: impl FnOnce(u64) -> bool,
     ) -> Result<(u64, bool), StoreError> {
-        let stripe = key.0[19] as usize % RECORD_LOCK_STRIPES;
-        let _guard = self.record_locks[stripe].lock().await;
-        let current = match self.meta(&key) {
-            Some(m) if m.kind == EntryKind::Record => m.version,
-            _ => 0,
-        };
+        let _guard = self.lock_record(&key).await;
+        let current = self.record_version(&key);
         if !decide(current) {
             return Ok((current, false));
         }
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.write_record_blocking(key, version, &record))
-            .await
-            .expect("store task panicked")?;
+        self.write_record(key, version, record).await?;
         Ok((version, true))
     }
 
