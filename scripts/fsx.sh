@@ -1,7 +1,7 @@
 #!/bin/sh
 # Runs fsx (file system exerciser) against a chordfs mount of a fresh 3-node ring.
 #
-#   scripts/fsx.sh [SEEDS] [OPS]      default: 4 seeds of 20000 operations each
+#   scripts/fsx.sh [SEEDS] [OPS]      default: 5 seeds of 20000 operations each (100,000)
 #
 # Needs root and `cargo install --locked fsx`. Each seed runs on its own file with
 # reads, writes, mmap reads and writes, truncates, fsync, close/reopen, fallocate,
@@ -11,7 +11,7 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin="${CHORDFS_BIN:-${CARGO_TARGET_DIR:-$here/target}/debug/chordfs}"
 fsx="${FSX:-$(command -v fsx || echo "$HOME/.cargo/bin/fsx")}"
-seeds="${1:-4}"
+seeds="${1:-5}"
 ops="${2:-20000}"
 work=$(mktemp -d /tmp/chordfs-fsx.XXXXXX)
 . "$here/scripts/lib-ring.sh"

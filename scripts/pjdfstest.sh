@@ -45,4 +45,20 @@ entries = [
 ]
 TOML
 cd "$work/mnt/pjd"
-"$pjd" -c "$work/pjdfstest.toml" -p "$work/mnt/pjd" "$@" 2>&1 | tee "$work/pjdfstest.out"
+rc=0
+"$pjd" -c "$work/pjdfstest.toml" -p "$work/mnt/pjd" "$@" >"$work/pjdfstest.out" 2>&1 || rc=$?
+cd / # out of the mount, so the cleanup can unmount it
+# Colour codes out, so the summary can be read (and shown) plainly.
+sed 's/\x1b\[[0-9;]*m//g' "$work/pjdfstest.out" >"$work/pjdfstest.txt"
+grep -v ' ok$' "$work/pjdfstest.txt" | tail -n 60
+summary=$(grep 'Summary:' "$work/pjdfstest.txt" | tail -n 1)
+echo "pjdfstest $summary"
+passed=$(echo "$summary" | sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p')
+# The bar: no failure, and (for the whole suite) at least 370 passing cases.
+min=370
+[ $# -gt 0 ] && min=1
+if [ "$rc" -ne 0 ] || [ "${passed:-0}" -lt "$min" ]; then
+    echo "pjdfstest: FAILED (exit $rc, ${passed:-0} passed, need $min)" >&2
+    exit 1
+fi
+

@@ -24,12 +24,13 @@ use std::time::Duration;
 pub use files::Progress;
 pub use ring::RingView;
 
-/// Default chunk size (see README: measured against 256 KiB .. 8 MiB).
-pub const DEFAULT_CHUNK_BYTES: u32 = 1024 * 1024;
+/// Default chunk size: 256 KiB measured as fast as 1-8 MiB for put and faster for get
+/// here, with 4x less read-modify-write for small random writes (README).
+pub const DEFAULT_CHUNK_BYTES: u32 = 256 * 1024;
 /// Chunks uploaded or fetched at once by one stream.
 pub const DEFAULT_PARALLEL_CHUNKS: usize = 8;
 /// Default size of the client's chunk cache.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// The ring address when neither `--ring` nor `$CHORDFS_RING` says otherwise.
 pub const DEFAULT_RING: &str = "127.0.0.1:7400";
 

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// Dirty bytes a mount may hold before writers wait for uploads (in KiB permits).
-pub const DIRTY_BUDGET_KIB: usize = 64 * 1024;
+pub const DIRTY_BUDGET_KIB: usize = 32 * 1024;
 /// Dirty (not yet uploading) bytes of one file that trigger uploading them all.
 const DIRTY_FILE_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// How far ahead of a sequential reader chunks are fetched into the cache, in bytes.
@@ -254,6 +254,28 @@ impl FileState {
         }
     }
 
+    /// Turns finished uploads into their keys, so their bytes are freed: without this a
+    /// long sequential write would keep every chunk in memory until close. A failed
+    /// upload becomes dirty again (the failure flag makes writes fail fast until the
+    /// next commit retries it).
+    async fn reap(&mut self) {
+        let done: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Uploading(_, h) if h.is_finished()))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in done {
+            if let Some(Slot::Uploading(data, handle)) = self.slots.remove(&i) {
+                let slot = match handle.await {
+                    Ok(Ok(k)) => Slot::Stored(k),
+                    _ => Slot::Dirty(data.to_vec()),
+                };
+                self.slots.insert(i, slot);
+            }
+        }
+    }
+
     async fn upload(&mut self, e: &Engine, i: usize, v: Vec<u8>) {
         let data = Bytes::from(v);
         let kib = (data.len().div_ceil(1024) as u32).clamp(1, DIRTY_BUDGET_KIB as u32);
@@ -283,6 +305,7 @@ impl FileState {
     }
 
     async fn write(&mut self, e: &Engine, offset: u64, data: &[u8]) -> Result<()> {
+        self.reap().await;
         if self.failed.load(Ordering::Acquire) {
             return Err(ClientError::Unavailable {
                 what: format!("inode {}", self.id.short()),
@@ -430,6 +453,10 @@ impl FileState {
         let mut failed: Option<ClientError> = None;
         let indices: Vec<usize> = self.slots.keys().copied().collect();
         for i in indices {
+            // Only uploads in flight are taken out here; stored and dirty slots stay.
+            if !matches!(self.slots.get(&i), Some(Slot::Uploading(..))) {
+                continue;
+            }
             if let Some(Slot::Uploading(data, handle)) = self.slots.remove(&i) {
                 if failed.is_some() {
                     // Fail fast: the rest stays dirty for the next commit.
@@ -469,6 +496,7 @@ impl FileState {
             })
             .collect();
         let (size, trunc, mtime, cb) = (self.size, self.truncated_to, self.mtime, self.cb());
+
         let (_, r) = e
             .client
             .update_inode(&self.id, |ino| {

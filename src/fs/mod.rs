@@ -25,8 +25,8 @@
 //! - `secret_file=PATH`: the cluster secret, when the ring has one (also
 //!   `--secret-file` or `$CHORDFS_SECRET_FILE`).
 //! - `chunk_size=BYTES`: chunk size of files created through this mount (default
-//!   1 MiB; at most 32 MiB). Existing files keep their own.
-//! - `cache_size=BYTES`: size of the chunk cache in memory (default 64 MiB).
+//!   256 KiB; at most 32 MiB). Existing files keep their own.
+//! - `cache_size=BYTES`: size of the chunk cache in memory (default 32 MiB).
 //!   Sizes take a K, M, G or T suffix (powers of 1024).
 //! - `timeout=SECONDS`: how long one operation keeps trying replicas before it fails
 //!   with `EIO` (default 10; fractions allowed). No program hangs on a dead node longer.
@@ -46,7 +46,7 @@
 //!
 //! # Semantics
 //! - Data is written in chunks: a chunk that fills up is uploaded in the background
-//!   (a mount holds at most 64 MiB of dirty data); `close`, `fsync` and the end of a
+//!   (a mount holds at most 32 MiB of dirty data); `close`, `fsync` and the end of a
 //!   mount upload the rest and write the file's record. When they return success the
 //!   data is durable on min(R, live) nodes; when they cannot, they fail with `EIO`.
 //! - atime is set at creation and by `utimensat`, not by reads.
