@@ -204,7 +204,9 @@ impl Node {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         loop {
+            // Biased: polled in order, not at random, so a seeded simulation replays.
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return,
                 _ = stabilize.tick() => self.stabilize().await,
                 _ = fingers.tick() => self.fix_fingers().await,
@@ -217,6 +219,7 @@ impl Node {
     pub async fn run_repair(self: Arc<Self>) {
         loop {
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.cfg.repair_every) => {}
                 _ = self.repair_wake.notified() => {

@@ -13,7 +13,9 @@ use crate::net::RpcError;
 use crate::proto::{Peer, Request, Response, KEYS_MAX};
 use crate::store::{EntryKind, Meta};
 use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so the throttle follows paused (simulated) time in tests.
+use tokio::time::Instant;
 
 /// What repair is doing, for the sidecar.
 #[derive(Clone, Debug, Default, Serialize)]
