@@ -3,9 +3,10 @@
 //! invariants of a settled ring.
 //!
 //! `CHORDFS_SIM_SEEDS` (default 200) seeds from `CHORDFS_SIM_START` (default 0);
-//! `CHORDFS_SIM_SEED` runs that one seed and prints its event log.
+//! `CHORDFS_SIM_SEED` runs that one seed and prints its event log; `CHORDFS_SIM_FAULTS`
+//! (e.g. `crashes,weather`) narrows the kinds of fault.
 
-use chordfs::sim::{run_seed, Outcome};
+use chordfs::sim::{run_seed, run_seed_with, Faults, Outcome};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -14,8 +15,15 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
+fn faults() -> Faults {
+    match std::env::var("CHORDFS_SIM_FAULTS") {
+        Ok(s) => Faults::parse(&s).expect("CHORDFS_SIM_FAULTS"),
+        Err(_) => Faults::ALL,
+    }
+}
+
 /// Runs `seeds` on a few threads; each seed is single-threaded and deterministic.
-fn run_many(seeds: Vec<u64>) -> Vec<Outcome> {
+fn run_many(seeds: Vec<u64>, faults: Faults) -> Vec<Outcome> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -29,7 +37,7 @@ fn run_many(seeds: Vec<u64>) -> Vec<Outcome> {
             std::thread::spawn(move || loop {
                 let k = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(&seed) = seeds.get(k) else { return };
-                let o = run_seed(seed);
+                let o = run_seed_with(seed, faults);
                 if !o.passed() {
                     eprintln!("{}", o.report());
                 }
@@ -49,7 +57,7 @@ fn run_many(seeds: Vec<u64>) -> Vec<Outcome> {
 fn seeds_hold_the_invariants() {
     let started = Instant::now();
     if let Some(seed) = env_u64("CHORDFS_SIM_SEED") {
-        let o = run_seed(seed);
+        let o = run_seed_with(seed, faults());
         for e in &o.events {
             println!("  {e}");
         }
@@ -59,7 +67,7 @@ fn seeds_hold_the_invariants() {
     }
     let n = env_u64("CHORDFS_SIM_SEEDS").unwrap_or(200);
     let start = env_u64("CHORDFS_SIM_START").unwrap_or(0);
-    let outcomes = run_many((start..start + n).collect());
+    let outcomes = run_many((start..start + n).collect(), faults());
     let failed: Vec<u64> = outcomes
         .iter()
         .filter(|o| !o.passed())
@@ -68,7 +76,8 @@ fn seeds_hold_the_invariants() {
     let checks: u64 = outcomes.iter().map(|o| o.checks).sum();
     let sim_s: u64 = outcomes.iter().map(|o| o.sim_ms).sum::<u64>() / 1000;
     println!(
-        "sim summary: {} seeds from {start}, {checks} invariant checks, {sim_s} simulated s in {:.1} s, {} failed: {failed:?}",
+        "sim summary: faults {}, {} seeds from {start}, {checks} invariant checks, {sim_s} simulated s in {:.1} s, {} failed: {failed:?}",
+        faults().name(),
         outcomes.len(),
         started.elapsed().as_secs_f64(),
         failed.len()

@@ -111,6 +111,7 @@ impl Node {
                 Ok(_) | Err(_) => {
                     tracing::info!("successor {} unreachable; dropping it", succ.addr);
                     self.routing.write().expect("routing lock").remove(&succ.id);
+                    self.note_lost(&succ);
                 }
             }
         }
@@ -150,6 +151,7 @@ impl Node {
                 Ok(Response::Pong { .. }) => {}
                 _ => {
                     tracing::info!("predecessor {} unreachable; clearing it", p.addr);
+                    self.note_lost(&p);
                     let mut r = self.routing.write().expect("routing lock");
                     if r.predecessor.as_ref().is_some_and(|q| q.id == p.id) {
                         r.predecessor = None;
@@ -210,7 +212,10 @@ impl Node {
                 _ = self.shutdown.cancelled() => return,
                 _ = stabilize.tick() => self.stabilize().await,
                 _ = fingers.tick() => self.fix_fingers().await,
-                _ = check.tick() => self.check_predecessor().await,
+                _ = check.tick() => {
+                    self.check_predecessor().await;
+                    self.reconcile().await;
+                }
             }
         }
     }

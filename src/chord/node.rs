@@ -76,6 +76,9 @@ pub struct Node {
     pub repair_wake: Notify,
     pub leaving: AtomicBool,
     pub shutdown: CancellationToken,
+    /// Peers dropped as unreachable, probed again by `reconcile`.
+    // Never held across an await: taken, updated, released.
+    pub lost: Mutex<Vec<super::reconcile::Lost>>,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -118,6 +121,7 @@ impl Node {
             repair_wake: Notify::new(),
             leaving: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            lost: Mutex::new(Vec::new()),
         })
     }
 

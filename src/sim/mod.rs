@@ -65,14 +65,83 @@ const LOOKUP_KEYS: usize = 8;
 /// Client workers.
 const WORKERS: usize = 2;
 
+/// The kinds of fault a run may schedule (all, unless narrowed to find a culprit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults {
+    pub joins: bool,
+    pub leaves: bool,
+    /// Crashes and restarts.
+    pub crashes: bool,
+    /// Delay and loss.
+    pub weather: bool,
+    pub partitions: bool,
+}
+
+impl Faults {
+    pub const ALL: Faults = Faults {
+        joins: true,
+        leaves: true,
+        crashes: true,
+        weather: true,
+        partitions: true,
+    };
+
+    /// Parses a comma-separated list: `joins,leaves,crashes,weather,partitions` or `all`.
+    pub fn parse(s: &str) -> Result<Faults, String> {
+        if s.trim() == "all" {
+            return Ok(Faults::ALL);
+        }
+        let mut f = Faults {
+            joins: false,
+            leaves: false,
+            crashes: false,
+            weather: false,
+            partitions: false,
+        };
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "joins" => f.joins = true,
+                "leaves" => f.leaves = true,
+                "crashes" => f.crashes = true,
+                "weather" => f.weather = true,
+                "partitions" => f.partitions = true,
+                other => return Err(format!("unknown fault kind {other:?}")),
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn name(&self) -> String {
+        if *self == Faults::ALL {
+            return "all".into();
+        }
+        let mut v = Vec::new();
+        for (on, n) in [
+            (self.joins, "joins"),
+            (self.leaves, "leaves"),
+            (self.crashes, "crashes"),
+            (self.weather, "weather"),
+            (self.partitions, "partitions"),
+        ] {
+            if on {
+                v.push(n);
+            }
+        }
+        v.join(",")
+    }
+}
+
 /// The result of one seed.
 #[derive(Debug)]
 pub struct Outcome {
     pub seed: u64,
+    pub faults: Faults,
     pub trace_hash: u64,
     pub checks: u64,
     pub failures: Vec<String>,
     pub events: Vec<String>,
+    /// Each live node's view at the end, when a check failed.
+    pub tables: Vec<String>,
     pub net: NetStats,
     pub sim_ms: u64,
     pub settle_ms: Option<u64>,
@@ -89,8 +158,13 @@ impl Outcome {
 
     /// The command that replays this seed.
     pub fn replay_command(&self) -> String {
+        let faults = if self.faults == Faults::ALL {
+            String::new()
+        } else {
+            format!("CHORDFS_SIM_FAULTS={} ", self.faults.name())
+        };
         format!(
-            "CHORDFS_SIM_SEED={} cargo test --test sim -- --nocapture",
+            "{faults}CHORDFS_SIM_SEED={} cargo test --test sim -- --nocapture",
             self.seed
         )
     }
@@ -132,6 +206,9 @@ impl Outcome {
         for e in &self.events[skip..] {
             out += &format!("  {e}\n");
         }
+        for t in &self.tables {
+            out += &format!("  {t}\n");
+        }
         out += &format!("  replay: {}\n", self.replay_command());
         out
     }
@@ -139,12 +216,17 @@ impl Outcome {
 
 /// Runs the scenario of `seed` on its own paused-time runtime.
 pub fn run_seed(seed: u64) -> Outcome {
+    run_seed_with(seed, Faults::ALL)
+}
+
+/// Runs the scenario of `seed` with only the given kinds of fault.
+pub fn run_seed_with(seed: u64, faults: Faults) -> Outcome {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    rt.block_on(scenario(seed))
+    rt.block_on(scenario(seed, faults))
 }
 
 fn pick<T: Copy>(rng: &mut StdRng, v: &[T]) -> Option<T> {
@@ -173,7 +255,7 @@ fn down(cl: &Cluster) -> usize {
         .count()
 }
 
-async fn scenario(seed: u64) -> Outcome {
+async fn scenario(seed: u64, faults: Faults) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
     let net = SimNet::new(StdRng::seed_from_u64(rng.random()));
     let mut cl = Cluster::new(seed, net.clone());
@@ -213,7 +295,7 @@ async fn scenario(seed: u64) -> Outcome {
     }
 
     // Faults.
-    chaos(&mut cl, &mut rng).await;
+    chaos(&mut cl, &mut rng, faults).await;
 
     // Quiesce: clients stop, the network heals, leaves end, some crashed nodes return.
     stop.cancel();
@@ -260,16 +342,19 @@ async fn scenario(seed: u64) -> Outcome {
     let mut check_rng = StdRng::seed_from_u64(rng.random());
     check::lookups(&mut c, &cl, &mut check_rng, LOOKUP_KEYS).await;
     check::reads(&mut c, &cl, &ledger).await;
+    let tables = if c.ok() { Vec::new() } else { tables(&cl) };
     cl.stop_all();
 
     let sim_ms = started.elapsed().as_millis() as u64;
     let trace_hash = fnv(cl.event_hash(), &net.trace_hash().to_le_bytes());
     Outcome {
         seed,
+        faults,
         trace_hash,
         checks: c.checks,
         failures: c.failures,
         events: std::mem::take(&mut cl.events),
+        tables,
         net: net.stats(),
         sim_ms,
         settle_ms,
@@ -278,6 +363,30 @@ async fn scenario(seed: u64) -> Outcome {
         ops: ledger.ops,
         failed_ops: ledger.failed_ops,
     }
+}
+
+/// Each live node's predecessor, successors, distinct fingers and store, in ring order.
+fn tables(cl: &Cluster) -> Vec<String> {
+    check::live_ring(cl)
+        .into_iter()
+        .filter_map(|(_, i)| {
+            let node = cl.nodes[i].node.as_ref()?;
+            let r = node.snapshot();
+            let name = |p: &crate::proto::Peer| p.addr.clone();
+            let (chunks, records, _) = node.store.counts();
+            let repair = node.repair.lock().expect("repair lock").clone();
+            Some(format!(
+                "{} {}: predecessor {:?}, successors {:?}, fingers {:?}, {chunks} chunks, {records} records, repair passes {} last error {:?}",
+                cl.nodes[i].addr,
+                node.me.id.short(),
+                r.predecessor.as_ref().map(name),
+                r.successors.iter().map(name).collect::<Vec<_>>(),
+                r.distinct_fingers().iter().map(|(_, p)| name(p)).collect::<Vec<_>>(),
+                repair.passes,
+                repair.last_error,
+            ))
+        })
+        .collect()
 }
 
 /// Waits until the ring (and, given a ledger, data placement) checks pass; returns how
@@ -338,7 +447,7 @@ fn weather(rng: &mut StdRng) -> Weather {
 }
 
 /// The fault schedule: random events every 100-700 simulated ms for 6-12 s.
-async fn chaos(cl: &mut Cluster, rng: &mut StdRng) {
+async fn chaos(cl: &mut Cluster, rng: &mut StdRng, faults: Faults) {
     let until = Instant::now() + Duration::from_millis(rng.random_range(6_000..12_000));
     let mut heal_at: Option<Instant> = None;
     let total: u32 = FAULTS.iter().map(|(_, w)| w).sum();
@@ -363,6 +472,16 @@ async fn chaos(cl: &mut Cluster, rng: &mut StdRng) {
             roll -= w;
         }
         let live = cl.with_status(Status::Live);
+        let allowed = match fault {
+            Fault::Join => faults.joins,
+            Fault::Leave => faults.leaves,
+            Fault::Crash | Fault::Restart => faults.crashes,
+            Fault::Weather => faults.weather,
+            Fault::Partition => faults.partitions,
+        };
+        if !allowed {
+            continue;
+        }
         match fault {
             Fault::Join if cl.nodes.len() < MAX_NODES => {
                 let i = cl.add();

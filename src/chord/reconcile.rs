@@ -1,0 +1,118 @@
+//! Finding lost peers again. Stabilize drops a successor, and check_predecessor a
+//! predecessor, when it fails to answer; but a peer that only *seemed* dead (lost
+//! messages, a partition) is then forgotten by everyone, and two halves of a partitioned
+//! ring, or a node whose whole successor list timed out, stay apart for good.
+//!
+//! So a node remembers the peers it dropped as unreachable, and on each check tick
+//! probes one: it asks that peer's ring where this node's id belongs. An answer between
+//! this node and its successor (or any answer, for a node left alone) becomes the new
+//! successor; stabilize and notify then zip the two rings together. A peer is forgotten
+//! once this node's own lookup finds it again (same ring), or after it failed to answer
+//! [`LOST_STRIKES`] probes (really gone).
+
+use super::node::{Node, MAX_LOOKUP_HOPS};
+use crate::proto::{Peer, Request, Response};
+
+/// Most lost peers remembered (the most recent are kept).
+pub const LOST_MAX: usize = 16;
+/// Failed probes after which a lost peer is taken for dead.
+pub const LOST_STRIKES: u32 = 10;
+
+/// A peer dropped as unreachable, and how many probes it has failed since.
+#[derive(Clone, Debug)]
+pub struct Lost {
+    pub peer: Peer,
+    pub strikes: u32,
+}
+
+impl Node {
+    /// Remembers `peer` as dropped for failing to answer (not for leaving).
+    pub fn note_lost(&self, peer: &Peer) {
+        if peer.id == self.me.id {
+            return;
+        }
+        let mut lost = self.lost.lock().expect("lost lock");
+        lost.retain(|l| l.peer.id != peer.id);
+        lost.push(Lost {
+            peer: peer.clone(),
+            strikes: 0,
+        });
+        if lost.len() > LOST_MAX {
+            lost.remove(0);
+        }
+    }
+
+    fn forget_lost(&self, peer: &Peer) {
+        self.lost
+            .lock()
+            .expect("lost lock")
+            .retain(|l| l.peer.id != peer.id);
+    }
+
+    /// Probes the next lost peer (round robin) and adopts a closer successor through it.
+    pub async fn reconcile(&self) {
+        let peer = {
+            let mut lost = self.lost.lock().expect("lost lock");
+            if lost.is_empty() {
+                return;
+            }
+            let l = lost.remove(0);
+            let peer = l.peer.clone();
+            lost.push(l);
+            peer
+        };
+        // Same ring already? Then it is found, not lost.
+        if let Ok((_, successors, _)) = self.lookup(&peer.id, false).await {
+            if successors.first().is_some_and(|p| p.id == peer.id) {
+                self.forget_lost(&peer);
+                return;
+            }
+        }
+        let found = match self.find_successors_via(&peer).await {
+            Some(list) => list,
+            None => {
+                let mut lost = self.lost.lock().expect("lost lock");
+                if let Some(l) = lost.iter_mut().find(|l| l.peer.id == peer.id) {
+                    l.strikes += 1;
+                }
+                lost.retain(|l| l.strikes < LOST_STRIKES);
+                return;
+            }
+        };
+        let list: Vec<Peer> = found.into_iter().filter(|p| p.id != self.me.id).collect();
+        let Some(first) = list.first().cloned() else {
+            return;
+        };
+        let mut r = self.routing.write().expect("routing lock");
+        let succ = r.successor().clone();
+        if succ.id == self.me.id || first.id.in_open(&self.me.id, &succ.id) {
+            tracing::info!(
+                "reconcile: {} found again; successor {} -> {}",
+                peer.addr,
+                succ.addr,
+                first.addr
+            );
+            r.set_successors(first, &list[1..]);
+        }
+    }
+
+    /// Iterative lookup of this node's own id, starting at `via` (not at this node's own
+    /// table, which may know nothing of `via`'s ring). None when it fails.
+    async fn find_successors_via(&self, via: &Peer) -> Option<Vec<Peer>> {
+        let mut cur = via.clone();
+        let mut avoid = vec![self.me.id];
+        for _ in 0..MAX_LOOKUP_HOPS {
+            let req = Request::FindSuccessor {
+                key: self.me.id,
+                avoid: avoid.clone(),
+            };
+            match self.call(&cur, req).await {
+                Ok(Response::Found { successors, .. }) => return Some(successors),
+                Ok(Response::Next { peer }) if peer.id == self.me.id => avoid.push(peer.id),
+                Ok(Response::Next { peer }) => cur = peer,
+                _ => return None,
+            }
+        }
+        None
+    }
+}
