@@ -12,6 +12,16 @@ use std::time::Duration;
 impl Node {
     /// Joins the ring through any live member.
     pub async fn join(&self, via: &str) -> Result<(), RpcError> {
+        use std::sync::atomic::Ordering;
+        self.joining.store(true, Ordering::Release);
+        let res = self.join_through(via).await;
+        if res.is_ok() {
+            self.joining.store(false, Ordering::Release);
+        }
+        res
+    }
+
+    async fn join_through(&self, via: &str) -> Result<(), RpcError> {
         let timeout = self.cfg.rpc_timeout;
         let mut cur_addr = via.to_string();
         let mut avoid = Vec::new();

@@ -75,6 +75,9 @@ pub struct Node {
     /// Wakes repair early (a new predecessor, a leave).
     pub repair_wake: Notify,
     pub leaving: AtomicBool,
+    /// Set while `join` runs: the node knows nothing of the ring yet, so it must not act
+    /// as anyone's primary (it would take writes with one copy, read keys as absent).
+    pub joining: AtomicBool,
     pub shutdown: CancellationToken,
     /// Peers dropped as unreachable, probed again by `reconcile`.
     // Never held across an await: taken, updated, released.
@@ -120,6 +123,7 @@ impl Node {
             counters: Counters::default(),
             repair_wake: Notify::new(),
             leaving: AtomicBool::new(false),
+            joining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             lost: Mutex::new(Vec::new()),
         })
@@ -228,12 +232,19 @@ impl Node {
         })
     }
 
-    /// True when this node is the primary for `key` as far as it knows.
+    /// True when this node is the primary for `key` as far as it knows. Without a
+    /// predecessor (it just joined, or its predecessor died) it does not know its range:
+    /// only a node alone on its ring claims every key.
     pub fn is_primary(&self, key: &Id) -> bool {
+        if self.joining.load(Ordering::Acquire) {
+            return false;
+        }
         let r = self.routing.read().expect("routing lock");
         match &r.predecessor {
             Some(p) => key.in_open_closed(&p.id, &self.me.id),
-            None => true,
+            None => {
+                r.successor().id == self.me.id && self.lost.lock().expect("lost lock").is_empty()
+            }
         }
     }
 
@@ -271,10 +282,13 @@ impl Node {
         acked
     }
 
-    /// Copies required for a write to succeed: R, or every live node when fewer.
+    /// Copies required for a write to succeed: R, or every live node when fewer. Peers
+    /// lost to timeouts count as live (they may only be cut off), so a node split from
+    /// its ring does not take writes with fewer than R copies.
     fn required_copies(&self) -> usize {
         let others = self.replica_targets().len();
-        self.cfg.replicas.min(1 + others)
+        let lost = self.lost.lock().expect("lost lock").len();
+        self.cfg.replicas.min(1 + others + lost)
     }
 
     async fn put_chunk(&self, key: Id, data: Bytes, replicate: bool) -> Response {
@@ -340,11 +354,11 @@ impl Node {
                 format!("{} is not the primary of {key}", self.me.addr),
             );
         }
-        let held = self.store.meta(&key).map(|m| m.version).unwrap_or(0);
-        if held < expect || held == 0 {
-            // New here (a join moved the range): catch up from the replicas first.
-            self.pull_record(key).await;
-        }
+        // Catch up from the replicas first, even when the version held here matches
+        // `expect`: this node may have been down, or just taken over the range, while
+        // the replicas moved on (found by the simulation: two writes acknowledged as
+        // one version).
+        self.pull_record(key).await;
         let version = expect + 1;
         let res = self
             .store
@@ -434,6 +448,9 @@ impl Node {
                 if self.leaving.load(Ordering::Acquire) && replicate {
                     return Response::error(ErrorKind::ShuttingDown, "node is leaving");
                 }
+                if self.joining.load(Ordering::Acquire) && replicate {
+                    return Response::error(ErrorKind::Unavailable, "node is joining");
+                }
                 self.put_chunk(key, data, replicate).await
             }
             Request::GetChunk { key } => {
@@ -469,7 +486,14 @@ impl Node {
                 }
             }
             Request::GetRecord { key, pull } => {
-                let rec = if pull && self.is_primary(&key) {
+                if pull && !self.is_primary(&key) {
+                    // Not an authoritative "absent": the caller's view is stale.
+                    return Response::error(
+                        ErrorKind::WrongNode,
+                        format!("{} is not the primary of {key}", self.me.addr),
+                    );
+                }
+                let rec = if pull {
                     self.pull_record(key).await
                 } else {
                     match self.store.get_record(key).await {

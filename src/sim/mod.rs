@@ -142,6 +142,8 @@ pub struct Outcome {
     pub events: Vec<String>,
     /// Each live node's view at the end, when a check failed.
     pub tables: Vec<String>,
+    /// The clients' record operations, when a check failed.
+    pub record_log: Vec<String>,
     pub net: NetStats,
     pub sim_ms: u64,
     pub settle_ms: Option<u64>,
@@ -205,6 +207,15 @@ impl Outcome {
         }
         for e in &self.events[skip..] {
             out += &format!("  {e}\n");
+        }
+        for l in &self.record_log {
+            if self
+                .failures
+                .iter()
+                .any(|f| f.contains(&l[l.find(" record ").unwrap_or(0) + 8..][..16]))
+            {
+                out += &format!("  {l}\n");
+            }
         }
         for t in &self.tables {
             out += &format!("  {t}\n");
@@ -343,6 +354,11 @@ async fn scenario(seed: u64, faults: Faults) -> Outcome {
     check::lookups(&mut c, &cl, &mut check_rng, LOOKUP_KEYS).await;
     check::reads(&mut c, &cl, &ledger).await;
     let tables = if c.ok() { Vec::new() } else { tables(&cl) };
+    let record_log = if c.ok() {
+        Vec::new()
+    } else {
+        ledger.log.clone()
+    };
     cl.stop_all();
 
     let sim_ms = started.elapsed().as_millis() as u64;
@@ -355,6 +371,7 @@ async fn scenario(seed: u64, faults: Faults) -> Outcome {
         failures: c.failures,
         events: std::mem::take(&mut cl.events),
         tables,
+        record_log,
         net: net.stats(),
         sim_ms,
         settle_ms,

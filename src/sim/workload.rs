@@ -27,6 +27,8 @@ pub struct Ledger {
     pub records: BTreeMap<Id, Vec<(u64, Record)>>,
     pub ops: u64,
     pub failed_ops: u64,
+    /// Record operations as the client saw them, stamped with simulated time.
+    pub log: Vec<String>,
 }
 
 impl Ledger {
@@ -112,7 +114,21 @@ pub async fn worker(
                 Ok(cur) => {
                     let expect = cur.map(|(v, _)| v).unwrap_or(0);
                     let rec = make_record(tag);
-                    match client.cas_record(&key, expect, rec.clone()).await {
+                    let primary = client
+                        .view()
+                        .successors_of(&key, 1)
+                        .first()
+                        .map(|p| p.addr.clone());
+                    let res = client.cas_record(&key, expect, rec.clone()).await;
+                    let ms = net.now_ms();
+                    ledger.lock().expect("ledger").log.push(format!(
+                        "{:>4}.{:03}s client{n} record {} read v{expect}, cas (view primary {primary:?}) -> {:?}",
+                        ms / 1000,
+                        ms % 1000,
+                        key.short(),
+                        res.as_ref().map_err(|e| e.to_string())
+                    ));
+                    match res {
                         Ok(Cas::Done(v)) => {
                             let mut l = ledger.lock().expect("ledger");
                             l.records.entry(key).or_default().push((v, rec));
