@@ -168,6 +168,11 @@ impl Node {
         let mut unsettled = 0;
         let mut under = 0;
         let needed = others.len();
+        // A lookup answered while the ring is in flux can name fewer than R holders (a
+        // successor list cut short by timeouts). Dropping after fewer than R confirmed
+        // copies lets such views delete every copy, one node after another: keep ours
+        // unless R others have it (or this node is leaving anyway).
+        let may_drop = needed > 0 && (leaving || needed >= self.cfg.replicas);
         for ((key, _), c) in group.iter().zip(confirmed) {
             let copies = c + usize::from(keep_here);
             if copies < self.cfg.replicas.min(holders.len()) {
@@ -176,7 +181,7 @@ impl Node {
             if keep_here {
                 continue;
             }
-            if c >= needed && needed > 0 {
+            if may_drop && c >= needed {
                 if self.store.delete(key).is_ok() {
                     self.update_repair(|s| s.keys_dropped += 1);
                 }

@@ -35,7 +35,8 @@
 //! same seed gives the same hash.
 //!
 //! Replay a seed: `CHORDFS_SIM_SEED=<seed> cargo test --test sim -- --nocapture`
-//! (add `RUST_LOG=chordfs=debug` for the nodes' logs); run many:
+//! (add `CHORDFS_SIM_WATCH=<hex prefix of a key>` to print every message about that key
+//! as it is answered); run many:
 //! `scripts/sim.sh <SEEDS> <START>`.
 
 pub mod check;

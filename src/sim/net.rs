@@ -68,6 +68,43 @@ struct State {
 pub struct SimNet {
     state: Mutex<State>,
     t0: Instant,
+    /// Hex prefix of a key whose messages are printed (`CHORDFS_SIM_WATCH`), to debug a
+    /// failing seed.
+    watch: Option<String>,
+}
+
+/// The key a request is about, if any, and a short description of it.
+fn about(req: &Request) -> Option<(Vec<crate::id::Id>, String)> {
+    match req {
+        Request::PutChunk { key, replicate, .. } => {
+            Some((vec![*key], format!("PutChunk replicate={replicate}")))
+        }
+        Request::GetChunk { key } => Some((vec![*key], "GetChunk".into())),
+        Request::CasRecord { key, expect, .. } => {
+            Some((vec![*key], format!("CasRecord expect={expect}")))
+        }
+        Request::PutRecordCopy { key, version, .. } => {
+            Some((vec![*key], format!("PutRecordCopy v{version}")))
+        }
+        Request::GetRecord { key, pull } => Some((vec![*key], format!("GetRecord pull={pull}"))),
+        Request::HaveKeys { keys } => Some((keys.clone(), format!("HaveKeys ({})", keys.len()))),
+        Request::FindSuccessor { key, .. } => Some((vec![*key], "FindSuccessor".into())),
+        _ => None,
+    }
+}
+
+fn describe(resp: &Response) -> String {
+    match resp {
+        Response::Chunk(b) => format!("Chunk ({} bytes)", b.len()),
+        Response::Record { version, .. } => format!("Record v{version}"),
+        Response::Versions(v) => format!("Versions {v:?}"),
+        Response::Found { successors, .. } => format!(
+            "Found {:?}",
+            successors.iter().map(|p| &p.addr).collect::<Vec<_>>()
+        ),
+        Response::Next { peer } => format!("Next {}", peer.addr),
+        other => format!("{other:?}"),
+    }
 }
 
 /// One sender's handle on the network.
@@ -116,6 +153,9 @@ impl SimNet {
                 hash: FNV_START,
             }),
             t0: Instant::now(),
+            watch: std::env::var("CHORDFS_SIM_WATCH")
+                .ok()
+                .map(|s| s.to_lowercase()),
         })
     }
 
@@ -255,6 +295,12 @@ impl SimNet {
             let Some((handler, kill)) = target else {
                 return std::future::pending::<Response>().await;
             };
+            let watched = net.watch.as_ref().and_then(|w| {
+                let (keys, what) = about(&req)?;
+                keys.iter()
+                    .any(|k| k.to_hex().starts_with(w.as_str()))
+                    .then_some(what)
+            });
             let resp = match req.validate() {
                 Err(msg) => Response::error(ErrorKind::BadRequest, msg),
                 Ok(()) => {
@@ -273,6 +319,13 @@ impl SimNet {
                     }
                 }
             };
+            if let Some(what) = watched {
+                eprintln!(
+                    "watch {:>6} ms {from2} -> {to2}: {what} => {}",
+                    net.now_ms(),
+                    describe(&resp)
+                );
+            }
             tokio::time::sleep(Duration::from_millis(back)).await;
             let lost = {
                 let mut guard = net.lock();
