@@ -407,10 +407,17 @@ fn tables(cl: &Cluster) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the ring (and, given a ledger, data placement) checks pass; returns how
-/// long that took in simulated ms, or None when `limit` ran out.
+/// Polls of the settle check that must pass in a row (a second of simulated time), so a
+/// reply lost just before the network calmed cannot undo the state being checked.
+const SETTLED_POLLS: u32 = 4;
+
+/// Waits until the ring (and, given a ledger, data placement) checks pass for
+/// [`SETTLED_POLLS`] polls in a row; returns when they began to pass, in simulated ms
+/// from the call, or None when `limit` ran out.
 async fn settle(cl: &Cluster, ledger: Option<&Ledger>, limit: Duration) -> Option<u64> {
     let start = Instant::now();
+    let mut since: Option<u64> = None;
+    let mut passes = 0;
     loop {
         let mut c = Checker::default();
         check::ring(&mut c, cl);
@@ -418,7 +425,14 @@ async fn settle(cl: &Cluster, ledger: Option<&Ledger>, limit: Duration) -> Optio
             check::placement(&mut c, cl, l);
         }
         if c.ok() {
-            return Some(start.elapsed().as_millis() as u64);
+            passes += 1;
+            since.get_or_insert(start.elapsed().as_millis() as u64);
+            if passes >= SETTLED_POLLS {
+                return since;
+            }
+        } else {
+            passes = 0;
+            since = None;
         }
         if start.elapsed() >= limit {
             return None;
