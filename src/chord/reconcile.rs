@@ -7,22 +7,25 @@
 //! probes one: it asks that peer's ring where this node's id belongs. An answer between
 //! this node and its successor (or any answer, for a node left alone) becomes the new
 //! successor; stabilize and notify then zip the two rings together. A peer is forgotten
-//! once this node's own lookup finds it again (same ring), or after it failed to answer
-//! [`LOST_STRIKES`] probes (really gone).
+//! once this node's own lookup finds it again (same ring), or when it has not answered
+//! for [`LOST_TTL_CHECKS`] check intervals (really gone). Until then it also counts as
+//! possibly live for the copies a write needs (see `Node::required_copies`).
 
 use super::node::{Node, MAX_LOOKUP_HOPS};
 use crate::proto::{Peer, Request, Response};
 
 /// Most lost peers remembered (the most recent are kept).
 pub const LOST_MAX: usize = 16;
-/// Failed probes after which a lost peer is taken for dead.
-pub const LOST_STRIKES: u32 = 10;
+/// Check intervals after which a lost peer that never answered is taken for dead
+/// (10 minutes at the default interval of a second). Long, because a partition can
+/// last that long, and a peer forgotten on both sides is never found again.
+pub const LOST_TTL_CHECKS: u32 = 600;
 
-/// A peer dropped as unreachable, and how many probes it has failed since.
+/// A peer dropped as unreachable, and since when.
 #[derive(Clone, Debug)]
 pub struct Lost {
     pub peer: Peer,
-    pub strikes: u32,
+    pub since: tokio::time::Instant,
 }
 
 impl Node {
@@ -35,7 +38,7 @@ impl Node {
         lost.retain(|l| l.peer.id != peer.id);
         lost.push(Lost {
             peer: peer.clone(),
-            strikes: 0,
+            since: tokio::time::Instant::now(),
         });
         if lost.len() > LOST_MAX {
             lost.remove(0);
@@ -71,11 +74,11 @@ impl Node {
         let found = match self.find_successors_via(&peer).await {
             Some(list) => list,
             None => {
-                let mut lost = self.lost.lock().expect("lost lock");
-                if let Some(l) = lost.iter_mut().find(|l| l.peer.id == peer.id) {
-                    l.strikes += 1;
-                }
-                lost.retain(|l| l.strikes < LOST_STRIKES);
+                let ttl = self.cfg.check_predecessor_every * LOST_TTL_CHECKS;
+                self.lost
+                    .lock()
+                    .expect("lost lock")
+                    .retain(|l| l.since.elapsed() < ttl);
                 return;
             }
         };
