@@ -74,9 +74,14 @@ fn seeds_hold_the_invariants() {
         .map(|o| o.seed)
         .collect();
     let checks: u64 = outcomes.iter().map(|o| o.checks).sum();
+    let excused: Vec<u64> = outcomes
+        .iter()
+        .filter(|o| !o.notes.is_empty())
+        .map(|o| o.seed)
+        .collect();
     let sim_s: u64 = outcomes.iter().map(|o| o.sim_ms).sum::<u64>() / 1000;
     println!(
-        "sim summary: faults {}, {} seeds from {start}, {checks} invariant checks, {sim_s} simulated s in {:.1} s, {} failed: {failed:?}",
+        "sim summary: faults {}, {} seeds from {start}, {checks} invariant checks, {sim_s} simulated s in {:.1} s, {} failed: {failed:?}; split-brain record conflicts (excused) in {excused:?}",
         faults().name(),
         outcomes.len(),
         started.elapsed().as_secs_f64(),

@@ -44,6 +44,8 @@ pub struct Cluster {
     pub nodes: Vec<SimNode>,
     pub events: Vec<String>,
     event_hash: u64,
+    /// A partition left R or more nodes on each side: both could take writes.
+    pub split_brain: bool,
 }
 
 /// Node settings for the simulation: the paper's timers, made short.
@@ -67,6 +69,7 @@ impl Cluster {
             nodes: Vec::new(),
             events: Vec::new(),
             event_hash: FNV_START,
+            split_brain: false,
         }
     }
 
