@@ -354,6 +354,19 @@ impl Node {
                 format!("{} is not the primary of {key}", self.me.addr),
             );
         }
+        // Refuse before writing anything when R copies are out of reach (this node is
+        // cut off from its ring): a write that fails after its local step stays behind
+        // and, once the ring heals, can shadow an acknowledged write of the same version
+        // made on the other side (found by the simulation: CHORDFS_SIM_FAULTS=partitions
+        // CHORDFS_SIM_SEED=36).
+        let required = self.required_copies();
+        let reachable = 1 + self.replica_targets().len();
+        if reachable < required {
+            return Response::error(
+                ErrorKind::Unavailable,
+                format!("only {reachable} of {required} copies reachable"),
+            );
+        }
         // Catch up from the replicas first, even when the version held here matches
         // `expect`: this node may have been down, or just taken over the range, while
         // the replicas moved on (found by the simulation: two writes acknowledged as

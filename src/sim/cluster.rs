@@ -46,6 +46,8 @@ pub struct Cluster {
     event_hash: u64,
     /// A partition left R or more nodes on each side: both could take writes.
     pub split_brain: bool,
+    /// Any partition happened (each side may have had a primary for a key).
+    pub partitioned: bool,
 }
 
 /// Node settings for the simulation: the paper's timers, made short.
@@ -70,6 +72,7 @@ impl Cluster {
             events: Vec::new(),
             event_hash: FNV_START,
             split_brain: false,
+            partitioned: false,
         }
     }
 

@@ -359,7 +359,7 @@ async fn scenario(seed: u64, faults: Faults) -> Outcome {
     check::acknowledgements(&mut c, &ledger, cl.split_brain);
     let mut check_rng = StdRng::seed_from_u64(rng.random());
     check::lookups(&mut c, &cl, &mut check_rng, LOOKUP_KEYS).await;
-    check::reads(&mut c, &cl, &ledger, cl.split_brain).await;
+    check::reads(&mut c, &cl, &ledger, cl.partitioned).await;
     let tables = if c.ok() { Vec::new() } else { tables(&cl) };
     let record_log = if c.ok() {
         Vec::new()
@@ -585,9 +585,14 @@ async fn chaos(cl: &mut Cluster, rng: &mut StdRng, faults: Faults) {
                 cl.net.partition(&[a.clone(), b.clone()]);
                 let both = a.len() >= REPLICAS && b.len() >= REPLICAS;
                 cl.split_brain |= both;
+                cl.partitioned = true;
                 cl.log(format!(
                     "partition {a:?} | {b:?} for {ms} ms{}",
-                    if both { " (split brain: both sides take writes)" } else { "" }
+                    if both {
+                        " (split brain: both sides take writes)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             _ => {}
