@@ -24,7 +24,8 @@ impl Node {
     async fn join_through(&self, via: &str) -> Result<(), RpcError> {
         let timeout = self.cfg.rpc_timeout;
         let mut cur_addr = via.to_string();
-        let mut avoid = Vec::new();
+        // Not ourselves: a restarted node may still sit in others' successor lists.
+        let mut avoid = vec![self.me.id];
         for _ in 0..super::node::MAX_LOOKUP_HOPS {
             let resp = self
                 .net
@@ -43,12 +44,18 @@ impl Node {
                         .into_iter()
                         .filter(|p| p.id != self.me.id)
                         .collect();
-                    if let Some(first) = list.first().cloned() {
-                        self.routing
-                            .write()
-                            .expect("routing lock")
-                            .set_successors(first, &list[1..]);
-                    }
+                    let Some(first) = list.first().cloned() else {
+                        // Joined nothing: succeeding here would leave this node alone,
+                        // and nobody would look for it; let the caller retry.
+                        return Err(RpcError::Unexpected {
+                            addr: cur_addr,
+                            detail: "the ring named no successor but this node".into(),
+                        });
+                    };
+                    self.routing
+                        .write()
+                        .expect("routing lock")
+                        .set_successors(first, &list[1..]);
                     self.stabilize().await;
                     return Ok(());
                 }

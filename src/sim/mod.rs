@@ -400,8 +400,15 @@ fn tables(cl: &Cluster) -> Vec<String> {
             let name = |p: &crate::proto::Peer| p.addr.clone();
             let (chunks, records, _) = node.store.counts();
             let repair = node.repair.lock().expect("repair lock").clone();
+            let lost: Vec<String> = node
+                .lost
+                .lock()
+                .expect("lost lock")
+                .iter()
+                .map(|l| l.peer.addr.clone())
+                .collect();
             Some(format!(
-                "{} {}: predecessor {:?}, successors {:?}, fingers {:?}, {chunks} chunks, {records} records, repair passes {} last error {:?}",
+                "{} {}: predecessor {:?}, successors {:?}, fingers {:?}, lost {lost:?}, {chunks} chunks, {records} records, repair passes {} last error {:?}",
                 cl.nodes[i].addr,
                 node.me.id.short(),
                 r.predecessor.as_ref().map(name),
