@@ -132,6 +132,9 @@ impl Cluster {
             self.net.endpoint(&addr),
         );
         self.net.attach(&addr, node.clone(), kill.clone());
+        if let Some(first) = via.first() {
+            self.net.join_side(&addr, first);
+        }
         let mut joined = via.is_empty();
         let mut last = String::new();
         for attempt in 0..(via.len() * 2).min(8) {

@@ -198,6 +198,16 @@ impl SimNet {
         }
     }
 
+    /// While a partition holds, puts `addr` on the side of `like` (a node starting up
+    /// joins through a member it can reach, and stays on that side).
+    pub fn join_side(&self, addr: &str, like: &str) {
+        let mut s = self.lock();
+        s.groups.remove(addr);
+        if let Some(g) = s.groups.get(like).copied() {
+            s.groups.insert(addr.to_string(), g);
+        }
+    }
+
     pub fn heal(&self) {
         self.lock().groups.clear();
     }
