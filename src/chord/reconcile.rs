@@ -82,6 +82,19 @@ impl Node {
                 return;
             }
         };
+        // It answers but is not on our ring: tell it about us too. A node left alone
+        // adopts us as its first partner (Routing::notify), and stabilize walks it to
+        // its place; without this, a lone node whose own lost list is empty is never
+        // found (its place on our ring is rarely right after us). Found by the
+        // simulation: CHORDFS_SIM_SEED=279.
+        let _ = self
+            .call(
+                &peer,
+                Request::Notify {
+                    candidate: self.me.clone(),
+                },
+            )
+            .await;
         let list: Vec<Peer> = found.into_iter().filter(|p| p.id != self.me.id).collect();
         let Some(first) = list.first().cloned() else {
             return;
