@@ -22,7 +22,7 @@ trap 'rm -f "$log"' EXIT
 echo "== simulating $seeds seeds from $start (release build; log: cargo test output)"
 began=$(date +%s)
 status=0
-CHORDFS_SIM_SEEDS=$seeds CHORDFS_SIM_START=$start \
+CHORDFS_SIM_SEEDS=$seeds CHORDFS_SIM_START=$start CHORDFS_SIM_BUDGET_SECS=${CHORDFS_SIM_BUDGET_SECS:-86400} \
   cargo test --release --quiet --test sim seeds_hold_the_invariants -- --nocapture \
   >"$log" 2>&1 || status=$?
 took=$(( $(date +%s) - began ))
@@ -34,6 +34,7 @@ if [ -z "$summary" ]; then
   exit 1
 fi
 echo "$summary"
+grep -E '^sim: the .* budget ran out' "$log" || true
 failed=$(grep -cE '^seed [0-9]+ .*FAILED$' "$log" || true)
 echo "wall time ${took}s, $failed failing seed(s)"
 if [ "$failed" -gt 0 ]; then

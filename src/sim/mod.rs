@@ -1,8 +1,8 @@
 //! Deterministic simulation of a ring: many nodes in one process, on a simulated network
 //! and simulated time, driven by one seed.
 //!
-//! A run ([`run_seed`]) starts 5-8 nodes on a [`net::SimNet`], runs two client workers
-//! (chunk puts, record compare-and-sets, through the real client library) and, for 6-12
+//! A run ([`run_seed`]) starts 8-12 nodes on a [`net::SimNet`], runs two client workers
+//! (chunk puts, record compare-and-sets, through the real client library) and, for 8-16
 //! simulated seconds, a random schedule of faults: joins, graceful leaves, crashes,
 //! restarts (same id, same store), message delay and loss, and partitions that heal. At
 //! most R-1 nodes are down at once. Then the faults stop, the network heals, some crashed
@@ -58,7 +58,7 @@ use workload::Ledger;
 /// Most schedule events in one run.
 const MAX_EVENTS: usize = 200;
 /// Most nodes a run ever starts.
-const MAX_NODES: usize = 14;
+const MAX_NODES: usize = 18;
 /// Longest the ring may take to settle after the faults stop (simulated).
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// Random keys each live node looks up in the final check.
@@ -280,7 +280,7 @@ async fn scenario(seed: u64, faults: Faults) -> Outcome {
     let started = Instant::now();
 
     // Bootstrap: one node, then the others join through random members.
-    let initial = rng.random_range(5..=8);
+    let initial = rng.random_range(8..=12);
     for _ in 0..initial {
         let i = cl.add();
         let via = join_via(&cl, &mut rng);
@@ -492,9 +492,9 @@ fn weather(rng: &mut StdRng) -> Weather {
     }
 }
 
-/// The fault schedule: random events every 100-700 simulated ms for 6-12 s.
+/// The fault schedule: random events every 100-700 simulated ms for 8-16 s.
 async fn chaos(cl: &mut Cluster, rng: &mut StdRng, faults: Faults) {
-    let until = Instant::now() + Duration::from_millis(rng.random_range(6_000..12_000));
+    let until = Instant::now() + Duration::from_millis(rng.random_range(8_000..16_000));
     let mut heal_at: Option<Instant> = None;
     let total: u32 = FAULTS.iter().map(|(_, w)| w).sum();
     for _ in 0..MAX_EVENTS {
