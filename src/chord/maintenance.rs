@@ -17,11 +17,12 @@ impl Node {
         let res = self.join_through(via).await;
         if res.is_ok() {
             self.joining.store(false, Ordering::Release);
+            *self.joined_via.lock().expect("joined_via lock") = Some(via.to_string());
         }
         res
     }
 
-    async fn join_through(&self, via: &str) -> Result<(), RpcError> {
+    pub(super) async fn join_through(&self, via: &str) -> Result<(), RpcError> {
         let timeout = self.cfg.rpc_timeout;
         let mut cur_addr = via.to_string();
         // Not ourselves: a restarted node may still sit in others' successor lists.

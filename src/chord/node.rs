@@ -82,6 +82,9 @@ pub struct Node {
     /// Peers dropped as unreachable, probed again by `reconcile`.
     // Never held across an await: taken, updated, released.
     pub lost: Mutex<Vec<super::reconcile::Lost>>,
+    /// The address this node joined through: where it rejoins if it ends up alone
+    /// with no lost peer to probe.
+    pub joined_via: Mutex<Option<String>>,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -126,6 +129,7 @@ impl Node {
             joining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             lost: Mutex::new(Vec::new()),
+            joined_via: Mutex::new(None),
         })
     }
 
@@ -437,9 +441,15 @@ impl Node {
             } => {
                 let mut r = self.routing.write().expect("routing lock");
                 if r.successor().id == peer.id {
-                    let tail: Vec<Peer> =
-                        successors.into_iter().filter(|p| p.id != peer.id).collect();
+                    // The leaver's successors, then ours: its list may be short, or name
+                    // only us (found by the simulation: CHORDFS_SIM_SEED=450, where n10
+                    // took n08's one-entry list [n10] and was left alone, unknown to all).
                     r.remove(&peer.id);
+                    let tail: Vec<Peer> = successors
+                        .into_iter()
+                        .chain(r.successors.iter().cloned())
+                        .filter(|p| p.id != peer.id && p.id != self.me.id)
+                        .collect();
                     if let Some(first) = tail.first().cloned() {
                         r.set_successors(first, &tail[1..]);
                     }

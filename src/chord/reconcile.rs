@@ -54,15 +54,18 @@ impl Node {
 
     /// Probes the next lost peer (round robin) and adopts a closer successor through it.
     pub async fn reconcile(&self) {
-        let peer = {
+        let next = {
             let mut lost = self.lost.lock().expect("lost lock");
-            if lost.is_empty() {
-                return;
-            }
-            let l = lost.remove(0);
-            let peer = l.peer.clone();
-            lost.push(l);
-            peer
+            (!lost.is_empty()).then(|| {
+                let l = lost.remove(0);
+                let peer = l.peer.clone();
+                lost.push(l);
+                peer
+            })
+        };
+        let Some(peer) = next else {
+            self.rejoin_if_alone().await;
+            return;
         };
         // Same ring already? Then it is found, not lost.
         if let Ok((_, successors, _)) = self.lookup(&peer.id, false).await {
@@ -109,6 +112,23 @@ impl Node {
                 first.addr
             );
             r.set_successors(first, &list[1..]);
+        }
+    }
+
+    /// A node alone, with no predecessor and no lost peer to probe, is unknown to any
+    /// ring it was part of: it joins again through the address it first joined by.
+    /// (Found by the simulation: CHORDFS_SIM_SEED=450, where n10's only peer left.)
+    async fn rejoin_if_alone(&self) {
+        let alone = {
+            let r = self.routing.read().expect("routing lock");
+            r.successor().id == self.me.id && r.predecessor.is_none()
+        };
+        let via = self.joined_via.lock().expect("joined_via lock").clone();
+        if let (true, Some(via)) = (alone, via) {
+            match self.join_through(&via).await {
+                Ok(()) => tracing::info!("alone: rejoined through {via}"),
+                Err(e) => tracing::debug!("alone: rejoin through {via} failed: {e}"),
+            }
         }
     }
 
