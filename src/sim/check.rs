@@ -16,7 +16,7 @@ pub struct Checker {
     pub checks: u64,
     pub failures: Vec<String>,
     /// Violations of a property the design does not promise in this run (see
-    /// [`Checker::check_unless`]): reported, not failed.
+    /// `check_unless`): reported, not failed.
     pub notes: Vec<String>,
 }
 
