@@ -501,10 +501,20 @@ impl Node {
             } => {
                 match self
                     .store
-                    .put_record_if(key, version, record, |cur| version > cur)
+                    .put_record_if(key, version, record.clone(), |cur| version > cur)
                     .await
                 {
-                    Ok(_) => Response::Ok,
+                    Ok((_, true)) => Response::Ok,
+                    // Held already: fine if it is this very write (a repeat, or repair).
+                    // Otherwise another write took this version or a later one, and
+                    // this is no copy of it: say so, so the primary does not count it
+                    // towards an acknowledgement (found by the simulation: a restarted
+                    // primary with a stale version had its CAS "replicated" to replicas
+                    // holding another write of that version; CHORDFS_SIM_SEED=100).
+                    Ok((current, false)) => match self.store.get_record(key).await {
+                        Ok(Some((v, r))) if v == version && r == record => Response::Ok,
+                        _ => Response::Conflict { current },
+                    },
                     Err(e) => store_error(e),
                 }
             }
