@@ -65,12 +65,31 @@ pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
     opts.cfg.addr = addr.clone();
     let store = Store::open(&opts.cfg.data_dir)?;
     let id = load_or_create_id(&opts.cfg.data_dir, &addr).map_err(DaemonError::Id)?;
-    let node = Node::new(opts.cfg.clone(), id, store, TcpTransport::new());
+    let secret = opts.cfg.secret.clone();
+    let loopback = listener
+        .local_addr()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
+    if secret.is_none() && !loopback {
+        tracing::warn!("no cluster secret on a non-loopback address");
+        eprintln!(
+            "WARNING: chordfs node on {addr} runs WITHOUT a cluster secret: anyone who can \
+             reach it can join the ring, read and write. Start every node, mount and CLI \
+             with --secret-file."
+        );
+    }
+    let node = Node::new(
+        opts.cfg.clone(),
+        id,
+        store,
+        TcpTransport::with_secret(secret.clone()),
+    );
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(net::serve(
+    tasks.push(tokio::spawn(net::serve_with_secret(
         listener,
         node.clone(),
         node.shutdown.clone(),
+        secret.unwrap_or_else(|| Arc::from(&[][..])),
     )));
 
     let mut http_addr = None;

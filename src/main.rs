@@ -25,6 +25,25 @@ struct RingArg {
     /// Any ring member, HOST:PORT.
     #[arg(long, env = "CHORDFS_RING", default_value = DEFAULT_RING)]
     ring: String,
+    /// File holding the cluster secret, when the ring has one.
+    #[arg(long, env = "CHORDFS_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+}
+
+impl RingArg {
+    /// The client configuration these flags describe.
+    fn config(&self) -> Result<ClientConfig> {
+        let mut cfg = ClientConfig::new(self.ring.clone());
+        cfg.secret = read_secret(self.secret_file.as_deref())?;
+        Ok(cfg)
+    }
+}
+
+fn read_secret(path: Option<&std::path::Path>) -> Result<Option<std::sync::Arc<[u8]>>> {
+    let Some(path) = path else { return Ok(None) };
+    let bytes = chordfs::net::auth::read_secret_file(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+    Ok(Some(std::sync::Arc::from(bytes)))
 }
 
 #[derive(Subcommand)]
@@ -124,6 +143,9 @@ struct NodeArgs {
     /// Timeout of every RPC to a peer, in ms.
     #[arg(long, default_value_t = 5000)]
     rpc_timeout_ms: u64,
+    /// File holding the cluster secret: every peer, mount and CLI must know it.
+    #[arg(long, env = "CHORDFS_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
     /// Repair bandwidth cap, in MiB/s (0: no cap).
     #[arg(long, default_value_t = 256)]
     repair_mib_per_sec: u64,
@@ -149,6 +171,7 @@ fn main() -> Result<()> {
             mountpoint,
             options,
             foreground,
+            secret_file: ring.secret_file,
         })
         .context("mount failed"),
         other => tokio::runtime::Runtime::new()?.block_on(run(other)),
@@ -164,7 +187,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             remote_path,
             chunk_size,
         } => {
-            let mut cfg = cli_config(ring.ring);
+            let mut cfg = cli_config(&ring)?;
             if let Some(c) = chunk_size {
                 cfg.chunk_bytes = c;
             }
@@ -214,7 +237,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             remote_path,
             local_file,
         } => {
-            let client = Client::connect(cli_config(ring.ring)).await?;
+            let client = Client::connect(cli_config(&ring)?).await?;
             let f = client.resolve(&remote_path).await?;
             if f.inode.kind == Kind::Dir {
                 bail!("{remote_path} is a directory");
@@ -248,7 +271,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Ls { ring, remote_path } => {
-            let client = Client::connect(ClientConfig::new(ring.ring)).await?;
+            let client = Client::connect(ring.config()?).await?;
             let path = remote_path.unwrap_or_else(|| "/".into());
             let target = client.resolve(&path).await?;
             if target.inode.kind != Kind::Dir {
@@ -276,19 +299,19 @@ async fn run(cmd: Cmd) -> Result<()> {
             remote_path,
             recursive,
         } => {
-            let client = Client::connect(ClientConfig::new(ring.ring)).await?;
+            let client = Client::connect(ring.config()?).await?;
             remove(&client, &remote_path, recursive).await
         }
-        Cmd::Status { ring, json } => status(&ring.ring, json).await,
+        Cmd::Status { ring, json } => status(ring.config()?, json).await,
         Cmd::Mount { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 
 /// A streaming command reads or writes each chunk once: a cache would only cost memory.
-fn cli_config(ring: String) -> ClientConfig {
-    let mut cfg = ClientConfig::new(ring);
+fn cli_config(ring: &RingArg) -> Result<ClientConfig> {
+    let mut cfg = ring.config()?;
     cfg.cache_bytes = 0;
-    cfg
+    Ok(cfg)
 }
 
 fn bar(len: u64, verb: &str) -> ProgressBar {
@@ -361,8 +384,8 @@ async fn remove(client: &Client, path: &str, recursive: bool) -> Result<()> {
     Ok(())
 }
 
-async fn status(ring: &str, json: bool) -> Result<()> {
-    let client = Client::connect(ClientConfig::new(ring)).await?;
+async fn status(cfg: ClientConfig, json: bool) -> Result<()> {
+    let client = Client::connect(cfg).await?;
     let view = client.view();
     let rows = chordfs::client::status::ring_status(&client, &view).await;
     if json {
@@ -406,6 +429,7 @@ async fn node(a: NodeArgs) -> Result<()> {
     cfg.repair_every = Duration::from_millis(a.repair_ms.max(10));
     cfg.rpc_timeout = Duration::from_millis(a.rpc_timeout_ms.max(10));
     cfg.repair_bytes_per_sec = a.repair_mib_per_sec * 1024 * 1024;
+    cfg.secret = read_secret(a.secret_file.as_deref())?;
     let running = chordfs::daemon::start(chordfs::daemon::StartOptions {
         listen: a.listen,
         join: a.join,

@@ -116,14 +116,18 @@ impl Node {
                         .write()
                         .expect("routing lock")
                         .set_successors(first.clone(), &tail);
-                    let _ = self
-                        .call(
-                            &first,
-                            Request::Notify {
-                                candidate: self.me.clone(),
-                            },
-                        )
-                        .await;
+                    // A leaving node keeps its successor list fresh for the hand-over, but
+                    // must not offer itself as anyone's predecessor again.
+                    if !self.leaving.load(std::sync::atomic::Ordering::Acquire) {
+                        let _ = self
+                            .call(
+                                &first,
+                                Request::Notify {
+                                    candidate: self.me.clone(),
+                                },
+                            )
+                            .await;
+                    }
                     return;
                 }
                 Ok(_) | Err(_) => {
@@ -192,6 +196,11 @@ impl Node {
         self.leaving
             .store(true, std::sync::atomic::Ordering::Release);
         let r = self.snapshot();
+        let alone = r.successors.iter().all(|p| p.id == self.me.id) && r.predecessor.is_none();
+        if alone {
+            // The last member: there is nobody to hand data to; it stays on disk.
+            return;
+        }
         let msg = Request::Leave {
             peer: self.me.clone(),
             predecessor: r.predecessor.clone(),
@@ -268,6 +277,7 @@ impl Node {
             if let Err(e) = self.repair_pass(false).await {
                 tracing::warn!("repair pass failed: {e}");
             }
+            self.scrub_step(super::scrub::SCRUB_BYTES_PER_STEP).await;
         }
     }
 }

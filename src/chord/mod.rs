@@ -6,6 +6,7 @@ pub mod node;
 pub mod reconcile;
 pub mod repair;
 pub mod routing;
+pub mod scrub;
 
 pub use node::{Node, NodeConfig};
 pub use routing::{Routing, Step};

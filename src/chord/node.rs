@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub rpc_timeout: Duration,
     /// Repair's bandwidth cap, so foreground I/O keeps going while data moves.
     pub repair_bytes_per_sec: u64,
+    /// The cluster secret every connection must prove (None: no secret).
+    pub secret: Option<Arc<[u8]>>,
 }
 
 impl NodeConfig {
@@ -47,6 +49,7 @@ impl NodeConfig {
             repair_every: Duration::from_secs(5),
             rpc_timeout: Duration::from_millis(crate::net::RPC_TIMEOUT_MS),
             repair_bytes_per_sec: 256 * 1024 * 1024,
+            secret: None,
         }
     }
 }
@@ -408,10 +411,17 @@ impl Node {
 
     async fn dispatch(self: Arc<Self>, req: Request) -> Response {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if self.leaving.load(Ordering::Acquire) && refused_while_leaving(&req) {
+            return Response::error(ErrorKind::ShuttingDown, "node is leaving");
+        }
         match req {
             Request::Ping => Response::Pong { id: self.me.id },
             Request::GetState => Response::State(self.state()),
-            Request::FindSuccessor { key, avoid } => {
+            Request::FindSuccessor { key, mut avoid } => {
+                if self.leaving.load(Ordering::Acquire) {
+                    // Answer as the ring will be once this node is gone.
+                    avoid.push(self.me.id);
+                }
                 match self
                     .routing
                     .read()
@@ -468,9 +478,6 @@ impl Node {
                 data,
                 replicate,
             } => {
-                if self.leaving.load(Ordering::Acquire) && replicate {
-                    return Response::error(ErrorKind::ShuttingDown, "node is leaving");
-                }
                 if self.joining.load(Ordering::Acquire) && replicate {
                     return Response::error(ErrorKind::Unavailable, "node is joining");
                 }
@@ -488,12 +495,7 @@ impl Node {
                 key,
                 expect,
                 record,
-            } => {
-                if self.leaving.load(Ordering::Acquire) {
-                    return Response::error(ErrorKind::ShuttingDown, "node is leaving");
-                }
-                self.cas_record(key, expect, record).await
-            }
+            } => self.cas_record(key, expect, record).await,
             Request::PutRecordCopy {
                 key,
                 version,
@@ -545,8 +547,40 @@ impl Node {
                     .collect(),
             ),
             Request::Stats => Response::Stats(self.stats()),
+            Request::ListKeys { after, limit } => {
+                let limit = (limit as usize).min(crate::proto::KEYS_MAX);
+                let keys = self.store.keys_after(after, limit);
+                Response::Keys(
+                    keys.into_iter()
+                        .map(|(key, m)| crate::proto::KeyInfo {
+                            key,
+                            size: m.size,
+                            version: m.version,
+                            chunk: m.kind == store::EntryKind::Chunk,
+                        })
+                        .collect(),
+                )
+            }
         }
     }
+}
+
+/// What a leaving node no longer answers. It still serves reads and lookups (the latter
+/// as if it were gone), but claims nothing: it does not answer as alive (Ping, GetState),
+/// is not adopted (Notify), is never counted as a holder (HaveKeys) and takes no new
+/// copies or writes. Otherwise a peer could re-adopt it, or drop its own copy of a key
+/// because the leaver "has" it, moments before the leaver drops it too.
+fn refused_while_leaving(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Ping
+            | Request::GetState
+            | Request::Notify { .. }
+            | Request::HaveKeys { .. }
+            | Request::PutChunk { .. }
+            | Request::PutRecordCopy { .. }
+            | Request::CasRecord { .. }
+    )
 }
 
 fn store_error(e: store::StoreError) -> Response {
@@ -561,5 +595,9 @@ fn store_error(e: store::StoreError) -> Response {
 impl crate::net::Handler for Node {
     fn handle(self: Arc<Self>, req: Request) -> BoxFuture<'static, Response> {
         Box::pin(self.dispatch(req))
+    }
+
+    fn bad_request(&self) {
+        self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
 }

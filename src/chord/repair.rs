@@ -34,6 +34,13 @@ pub struct RepairStatus {
     pub under_replicated: u64,
     pub last_pass_ms: u64,
     pub last_error: Option<String>,
+    /// Scrubbing: copies re-read and verified since start, and full passes done.
+    pub scrubbed_keys: u64,
+    pub scrubbed_bytes: u64,
+    pub scrub_passes: u64,
+    /// Where the scrub resumes.
+    #[serde(skip)]
+    pub scrub_cursor: Option<Id>,
 }
 
 impl RepairStatus {
@@ -112,6 +119,17 @@ impl Node {
                 if holders.len() < self.cfg.replicas && !holders.iter().any(|h| h.id == p.id) {
                     holders.push(p);
                 }
+            }
+            // A successor list never names its own node, so on a ring of R nodes or fewer
+            // `from`'s list stops short of it although it is the last holder (the ring
+            // wraps back to it). Without this, a node of a small ring would count itself
+            // out and drop its copy.
+            let from_gone = leaving && from.id == self.me.id;
+            if holders.len() < self.cfg.replicas
+                && !from_gone
+                && !holders.iter().any(|h| h.id == from.id)
+            {
+                holders.push(from.clone());
             }
             let (left, short) = self
                 .repair_group(&keys[i..j], &holders, leaving, &mut throttle)

@@ -105,14 +105,17 @@ impl Routing {
         best.cloned()
     }
 
-    /// Sets the successor list to `first` followed by `first`'s own list.
+    /// Sets the successor list to `first` followed by `first`'s own list, cut where that
+    /// list comes back round to this node: on a ring smaller than the list, what follows
+    /// is this node's own (older) list, and copying it would keep a dead node in every
+    /// list forever, passed from one node to the next by stabilize.
     pub fn set_successors(&mut self, first: Peer, tail: &[Peer]) {
         let mut list = vec![first];
         for p in tail {
-            if list.len() >= self.list_len {
+            if list.len() >= self.list_len || p.id == self.me.id {
                 break;
             }
-            if p.id == self.me.id || list.iter().any(|q| q.id == p.id) {
+            if list.iter().any(|q| q.id == p.id) {
                 continue;
             }
             list.push(p.clone());
@@ -283,6 +286,20 @@ mod tests {
         t.remove(&dead);
         assert_eq!(t.successor(), &next);
         assert!(t.fingers.iter().flatten().all(|p| p.id != dead));
+    }
+
+    #[test]
+    fn a_successor_list_stops_where_it_wraps_round_to_me() {
+        let peer = |b: u8| Peer {
+            id: Id::hash(&[b]),
+            addr: b.to_string(),
+        };
+        let (me, a, b, dead) = (peer(0), peer(1), peer(2), peer(3));
+        let mut r = Routing::new(me.clone(), 8);
+        // A ring of three live nodes: a's list wraps round to me, then repeats mine,
+        // which still names a node that died. It must not come back.
+        r.set_successors(a.clone(), &[b.clone(), me.clone(), dead.clone(), a.clone()]);
+        assert_eq!(r.successors, vec![a, b]);
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Client {
     /// when the primary is down, the newest copy among the replicas.
     pub async fn get_record(&self, key: &Id) -> Result<Option<(u64, Record)>> {
         let started = Instant::now();
-        let mut last;
+        let mut last: String;
         for attempt in 0.. {
             let peers = self.candidates(key);
             let Some(primary) = peers.first().cloned() else {
@@ -188,7 +188,7 @@ impl Client {
     /// Compare-and-set at the key's primary: `expect` is the version read (0: absent).
     pub async fn cas_record(&self, key: &Id, expect: u64, record: Record) -> Result<Cas> {
         let started = Instant::now();
-        let mut last;
+        let mut last: String;
         for attempt in 0.. {
             let Some(primary) = self.candidates(key).first().cloned() else {
                 self.backoff(started, attempt, "record", "empty ring view")

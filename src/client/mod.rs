@@ -75,6 +75,8 @@ pub struct ClientConfig {
     pub rpc_timeout: Duration,
     /// How long one operation may keep trying other replicas before it fails.
     pub op_timeout: Duration,
+    /// The cluster secret (None: the ring has none).
+    pub secret: Option<Arc<[u8]>>,
 }
 
 impl ClientConfig {
@@ -86,6 +88,7 @@ impl ClientConfig {
             cache_bytes: DEFAULT_CACHE_BYTES,
             rpc_timeout: Duration::from_secs(3),
             op_timeout: Duration::from_secs(10),
+            secret: None,
         }
     }
 }
@@ -100,7 +103,8 @@ pub struct Client {
 impl Client {
     /// Connects to the ring through `cfg.ring` and learns its membership.
     pub async fn connect(cfg: ClientConfig) -> Result<Arc<Client>> {
-        Self::with_transport(cfg, TcpTransport::new()).await
+        let net = TcpTransport::with_secret(cfg.secret.clone());
+        Self::with_transport(cfg, net).await
     }
 
     pub async fn with_transport(cfg: ClientConfig, net: Arc<dyn Transport>) -> Result<Arc<Client>> {

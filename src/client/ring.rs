@@ -155,7 +155,15 @@ impl Client {
                     if let Some(p) = view.peers.iter().find(|p| p.addr == cur) {
                         avoid.push(p.id);
                     }
-                    cur = self.cfg.ring.clone();
+                    // Start again from a member not yet found dead. Always going back to
+                    // the seed spent every remaining hop on it once the seed itself died.
+                    let failed = cur.clone();
+                    cur = view
+                        .peers
+                        .iter()
+                        .find(|p| !avoid.contains(&p.id) && p.addr != failed)
+                        .map(|p| p.addr.clone())
+                        .unwrap_or_else(|| self.cfg.ring.clone());
                 }
                 Err(e) => return Err(e),
             }

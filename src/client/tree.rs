@@ -228,8 +228,13 @@ impl Client {
                 if dir.kind != Kind::Dir {
                     return Err(ClientError::NotDir(name.to_string()));
                 }
-                if dir.entries.contains_key(name) {
-                    return Err(ClientError::Exists(name.to_string()));
+                match dir.entries.get(name) {
+                    // Our own link, written by an earlier attempt whose answer was lost
+                    // (a timeout after the primary applied it): done, not a conflict.
+                    // Treating it as Exists would delete the inode the name points at.
+                    Some(e) if e.id == id => {}
+                    Some(_) => return Err(ClientError::Exists(name.to_string())),
+                    None => {}
                 }
                 dir.entries.insert(name.to_string(), DirEntry { id, kind });
                 dir.mtime = now;

@@ -1,20 +1,67 @@
-//! The FUSE driver (placeholder until it lands).
+//! The FUSE driver: `chordfs mount` shows the ring as a POSIX filesystem, built on the
+//! client library.
+//!
+//! ```text
+//!  kernel --/dev/fuse--> fuser threads (ops.rs) --spawn--> tokio tasks (vfs.rs)
+//!                                                          |  open files (handles.rs)
+//!                                                          v
+//!                                             client library -> ring
+//! ```
+//!
+//! # Usage
+//! `chordfs mount [--ring HOST:PORT] MOUNTPOINT [-o OPTIONS] [--foreground]`
+//!
+//! Without `--foreground` the command starts the filesystem as a background process
+//! and returns once the mountpoint is mounted (exit status 0), or prints why it could
+//! not be mounted (ring unreachable, bad option, ...) and exits non-zero. The background
+//! process logs to `$CHORDFS_MOUNT_LOG`, by default
+//! `/tmp/chordfs-mount.<mountpoint with / as _>.log`. `umount MOUNTPOINT`, `SIGTERM` or
+//! `SIGINT` end it cleanly: dirty data is flushed to the ring first.
+//!
+//! # Options
+//! `-o` takes a comma-separated list and may repeat; later values win.
+//! - `ring=HOST:PORT`: any ring member (overrides `--ring`; default `$CHORDFS_RING`,
+//!   else `127.0.0.1:7400`).
+//! - `secret_file=PATH`: the cluster secret, when the ring has one (also
+//!   `--secret-file` or `$CHORDFS_SECRET_FILE`).
+//! - `chunk_size=BYTES`: chunk size of files created through this mount (default
+//!   1 MiB; at most 32 MiB). Existing files keep their own.
+//! - `cache_size=BYTES`: size of the chunk cache in memory (default 64 MiB).
+//!   Sizes take a K, M, G or T suffix (powers of 1024).
+//! - `timeout=SECONDS`: how long one operation keeps trying replicas before it fails
+//!   with `EIO` (default 10; fractions allowed). No program hangs on a dead node longer.
+//! - `attr_timeout=SECONDS`: how long the kernel caches attributes and names (default
+//!   1). Opens always read the inode afresh (close-to-open consistency), so a file
+//!   written and closed on one mount is seen by the next open on another.
+//! - `allow_other` / `noallow_other`: let users other than the mounting one in
+//!   (default on when mounted by root). Permissions are checked by the kernel from
+//!   the files' modes (`default_permissions`).
+//! - `ro` / `rw`: read-only or read-write (default `rw`).
+//! - `dev`/`nodev`, `suid`/`nosuid`, `exec`/`noexec`: as for any mount (defaults
+//!   `nodev`, `nosuid`, `exec`).
+//! - Ignored, for mount(8) and fstab: `defaults`, `auto`, `noauto`, `user`, `nouser`,
+//!   `users`, `owner`, `group`, `_netdev`, `nofail`, the atime options (`atime`,
+//!   `noatime`, `relatime`, ...), `sync`, `async`, `dirsync`, `default_permissions`,
+//!   and any `x-*` or `comment=*`. Anything else is refused.
+//!
+//! # Semantics
+//! - Data is written in chunks: a chunk that fills up is uploaded in the background
+//!   (a mount holds at most 64 MiB of dirty data); `close`, `fsync` and the end of a
+//!   mount upload the rest and write the file's record. When they return success the
+//!   data is durable on min(R, live) nodes; when they cannot, they fail with `EIO`.
+//! - atime is set at creation and by `utimensat`, not by reads.
+//! - Hard links, symlinks, FIFOs, sockets, device nodes, extended attributes
+//!   (`user.*`, `trusted.*`, `security.*`; not `system.*`) are stored in the ring.
+//!   `RENAME_EXCHANGE` is refused (`EINVAL`); `RENAME_NOREPLACE` is honoured.
 
-use std::path::PathBuf;
+mod errno;
+mod handles;
+mod inodes;
+mod mount;
+mod ops;
+mod options;
+mod vfs;
 
-pub struct MountArgs {
-    pub ring: String,
-    pub mountpoint: PathBuf,
-    pub options: Vec<String>,
-    pub foreground: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MountError {
-    #[error("not implemented yet")]
-    Unimplemented,
-}
-
-pub fn run(_args: MountArgs) -> Result<(), MountError> {
-    Err(MountError::Unimplemented)
-}
+pub use errno::errno;
+pub use mount::{run, MountArgs, MountError};
+pub use options::{parse as parse_options, MountOptions};

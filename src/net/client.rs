@@ -38,6 +38,8 @@ pub struct TcpTransport {
 
 #[derive(Default)]
 struct Pool {
+    /// The cluster secret (empty: none).
+    secret: Arc<[u8]>,
     // Never held across an await: connecting happens outside, then the result is stored.
     conns: Mutex<HashMap<String, Arc<Conn>>>,
 }
@@ -45,6 +47,17 @@ struct Pool {
 impl TcpTransport {
     pub fn new() -> Arc<TcpTransport> {
         Arc::new(TcpTransport::default())
+    }
+
+    /// A transport that authenticates every connection with the cluster secret.
+    pub fn with_secret(secret: Option<Arc<[u8]>>) -> Arc<TcpTransport> {
+        let pool = Pool {
+            secret: secret.unwrap_or_else(|| Arc::from(&[][..])),
+            ..Pool::default()
+        };
+        Arc::new(TcpTransport {
+            inner: Arc::new(pool),
+        })
     }
 
     pub async fn request(
@@ -58,14 +71,36 @@ impl TcpTransport {
 }
 
 impl Pool {
-    async fn connect(addr: &str) -> Result<Arc<Conn>, RpcError> {
-        let stream = TcpStream::connect(addr)
+    async fn connect(addr: &str, secret: &[u8]) -> Result<Arc<Conn>, RpcError> {
+        let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|e| RpcError::Connect {
                 addr: addr.to_string(),
                 reason: e.to_string(),
             })?;
         let _ = stream.set_nodelay(true);
+        let timeout = std::time::Duration::from_millis(super::auth::HANDSHAKE_TIMEOUT_MS);
+        match super::auth::client_handshake(&mut stream, secret, timeout).await {
+            Ok(()) => {}
+            Err(super::auth::AuthError::Io(reason)) => {
+                return Err(RpcError::Connect {
+                    addr: addr.to_string(),
+                    reason,
+                })
+            }
+            Err(super::auth::AuthError::Timeout) => {
+                return Err(RpcError::Timeout {
+                    addr: addr.to_string(),
+                    ms: super::auth::HANDSHAKE_TIMEOUT_MS,
+                })
+            }
+            Err(e) => {
+                return Err(RpcError::Auth {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
         let (rd, wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_FRAMES);
         let pending: Pending = Arc::default();
@@ -117,7 +152,7 @@ impl Pool {
                 return Ok(c.clone());
             }
         }
-        let c = Self::connect(addr).await?;
+        let c = Self::connect(addr, &self.secret).await?;
         self.conns
             .lock()
             .expect("pool lock")

@@ -1,6 +1,7 @@
 //! Transport: how a request reaches a peer. The ring and the client speak to a
 //! [`Transport`], so a simulated network can stand in for TCP.
 
+pub mod auth;
 pub mod client;
 pub mod server;
 
@@ -9,7 +10,7 @@ use futures::future::BoxFuture;
 use std::time::Duration;
 
 pub use client::TcpTransport;
-pub use server::{serve, Handler};
+pub use server::{serve, serve_with_secret, Handler};
 
 /// Default time an RPC may take before it fails.
 pub const RPC_TIMEOUT_MS: u64 = 5_000;
@@ -30,17 +31,25 @@ pub enum RpcError {
     },
     #[error("{addr} sent an unexpected answer: {detail}")]
     Unexpected { addr: String, detail: String },
+    #[error("{addr} refused us: {reason}")]
+    Auth { addr: String, reason: String },
     #[error("wire error: {0}")]
     Codec(String),
 }
 
 impl RpcError {
-    /// True when the peer may be down or unreachable (so try another), as opposed to
-    /// having answered.
+    /// True when the peer may be down or unreachable, or is leaving the ring (so try
+    /// another), as opposed to having answered.
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::Disconnected { .. }
+            RpcError::Connect { .. }
+                | RpcError::Timeout { .. }
+                | RpcError::Disconnected { .. }
+                | RpcError::Remote {
+                    kind: ErrorKind::ShuttingDown,
+                    ..
+                }
         )
     }
 

@@ -23,13 +23,27 @@ pub const MAX_INFLIGHT_PER_CONNECTION: usize = 64;
 /// Answers requests. Implemented by the node.
 pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, req: Request) -> BoxFuture<'static, Response>;
+
+    /// Told of every frame refused as malformed or out of bounds (for metrics).
+    fn bad_request(&self) {}
 }
 
-/// Serves `listener` until `shutdown` is cancelled.
+/// Serves `listener` until `shutdown` is cancelled, with no cluster secret.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     shutdown: CancellationToken,
+) {
+    serve_with_secret(listener, handler, shutdown, Arc::from(&[][..])).await
+}
+
+/// Serves `listener` until `shutdown` is cancelled; every connection must first prove it
+/// knows `secret` (empty: no secret) before any request of it is read.
+pub async fn serve_with_secret<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    secret: Arc<[u8]>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -43,8 +57,19 @@ pub async fn serve<H: Handler>(
         };
         match accepted {
             Ok((stream, _)) => {
-                let (h, s) = (handler.clone(), shutdown.clone());
+                let (h, s, k) = (handler.clone(), shutdown.clone(), secret.clone());
                 tokio::spawn(async move {
+                    let mut stream = stream;
+                    let timeout =
+                        std::time::Duration::from_millis(super::auth::HANDSHAKE_TIMEOUT_MS);
+                    if let Err(e) = super::auth::server_handshake(&mut stream, &k, timeout).await {
+                        let peer = stream
+                            .peer_addr()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
+                        tracing::warn!(%peer, "connection refused: {e}");
+                        return;
+                    }
                     serve_connection(stream, h, s).await;
                     drop(permit);
                 });
@@ -88,6 +113,7 @@ async fn serve_connection<H: Handler>(
             None => break,
             Some(Ok(f)) => f,
             Some(Err(e)) => {
+                handler.bad_request();
                 tracing::debug!(%peer, "closing connection: {e}");
                 break;
             }
@@ -101,13 +127,17 @@ async fn serve_connection<H: Handler>(
                 tokio::spawn(async move {
                     let resp = match env.body.validate() {
                         Ok(()) => h.handle(env.body).await,
-                        Err(msg) => Response::error(ErrorKind::BadRequest, msg),
+                        Err(msg) => {
+                            h.bad_request();
+                            Response::error(ErrorKind::BadRequest, msg)
+                        }
                     };
                     reply(&tx, env.id, &resp).await;
                     drop(permit);
                 });
             }
             Err(e) => {
+                handler.bad_request();
                 tracing::debug!(%peer, "bad frame: {e}");
                 let resp = Response::error(ErrorKind::BadRequest, e.to_string());
                 match codec::salvage_id(&frame) {

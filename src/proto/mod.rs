@@ -91,6 +91,12 @@ pub enum Request {
     },
     /// Counts and disk space of the node.
     Stats,
+    /// The keys held here, in ring order, after `after` (from the start when absent), at
+    /// most `limit` of them (capped at [`KEYS_MAX`]). Page on with the last key returned.
+    ListKeys {
+        after: Option<Id>,
+        limit: u32,
+    },
 }
 
 /// What a node answers.
@@ -127,6 +133,8 @@ pub enum Response {
     NotFound,
     Versions(Vec<Option<u64>>),
     Stats(NodeStats),
+    /// A page of held keys: (key, size in bytes, version; 0 for chunks).
+    Keys(Vec<KeyInfo>),
     Error {
         kind: ErrorKind,
         message: String,
@@ -165,6 +173,16 @@ pub struct NodeStats {
     pub bytes: u64,
     pub disk_total: u64,
     pub disk_free: u64,
+}
+
+/// One held key, as listed by `ListKeys`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub key: Id,
+    pub size: u64,
+    /// Record version; 0 for chunks.
+    pub version: u64,
+    pub chunk: bool,
 }
 
 /// What travels in a frame.

@@ -138,6 +138,7 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::GetRecord { .. } => "GetRecord",
         Request::HaveKeys { .. } => "HaveKeys",
         Request::Stats => "Stats",
+        Request::ListKeys { .. } => "ListKeys",
     }
 }
 

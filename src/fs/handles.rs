@@ -1,0 +1,647 @@
+//! Open files: one shared state per open inode (all handles of a file see the same
+//! bytes), holding the chunks written since the last commit.
+//!
+//! A write lands in a chunk-sized buffer (a partial write first reads the chunk: read,
+//! modify, write). A buffer that a write fills up to its end starts uploading at once,
+//! in the background; uploads hold permits of a per-mount budget of dirty bytes, so
+//! writers wait rather than fill memory. `commit` (flush, fsync, release, truncate)
+//! uploads what is left, waits for every upload, then writes the inode record (chunk
+//! list, size, mtime) with a compare-and-set. An upload that fails leaves its bytes
+//! dirty and makes the commit fail with the error: data is never dropped silently.
+
+use crate::client::{Client, ClientError, Result};
+use crate::id::Id;
+use crate::proto::{Inode, Kind, Timespec};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// Dirty bytes a mount may hold before writers wait for uploads (in KiB permits).
+pub const DIRTY_BUDGET_KIB: usize = 64 * 1024;
+/// Dirty (not yet uploading) bytes of one file that trigger uploading them all.
+const DIRTY_FILE_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// How far ahead of a sequential reader chunks are fetched into the cache, in bytes.
+const READAHEAD_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What the writers of one mount share: the client and the bounds on uploads.
+pub struct Engine {
+    pub client: Arc<Client>,
+    /// Dirty bytes in flight, in KiB.
+    budget: Arc<Semaphore>,
+    /// Concurrent chunk uploads.
+    uploads: Arc<Semaphore>,
+}
+
+impl Engine {
+    pub fn new(client: Arc<Client>) -> Engine {
+        let parallel = client.cfg.parallel_chunks.max(1) * 2;
+        Engine {
+            client,
+            budget: Arc::new(Semaphore::new(DIRTY_BUDGET_KIB)),
+            uploads: Arc::new(Semaphore::new(parallel)),
+        }
+    }
+}
+
+enum Slot {
+    /// Modified in memory, not yet uploading.
+    Dirty(Vec<u8>),
+    /// Uploading in the background; the bytes stay readable meanwhile.
+    Uploading(Bytes, JoinHandle<Result<Id>>),
+    /// Uploaded; the key goes into the record at the next commit.
+    Stored(Id),
+}
+
+/// A read decided under the lock: each chunk's source and length, the end of the
+/// range, and the chunks to fetch ahead.
+struct ReadPlan {
+    pieces: Vec<(Source, usize)>,
+    first: usize,
+    end: u64,
+    cb: u64,
+    prefetch: Vec<Id>,
+}
+
+/// Where the bytes of one chunk come from, decided under the lock, fetched after it.
+enum Source {
+    Mem(Bytes),
+    Key(Id),
+}
+
+pub struct FileState {
+    id: Id,
+    /// The record as last read or written: chunk list and chunk size.
+    base: Inode,
+    /// The file's size, with every write and truncate applied.
+    size: u64,
+    slots: BTreeMap<usize, Slot>,
+    /// Smallest size the file had since the last commit: base chunks past it are gone.
+    truncated_to: Option<u64>,
+    /// New mtime (and ctime) of written content, not yet committed.
+    mtime: Option<Timespec>,
+    dirty: bool,
+    /// Set by a background upload that failed: writes fail fast until a commit succeeds.
+    failed: Arc<AtomicBool>,
+    last_read_end: u64,
+    prefetched_to: usize,
+}
+
+/// The attributes an open file shows before its commit.
+#[derive(Clone, Copy, Debug)]
+pub struct Overlay {
+    pub size: u64,
+    pub mtime: Option<Timespec>,
+}
+
+pub struct OpenFile {
+    pub id: Id,
+    pub state: tokio::sync::Mutex<FileState>,
+    /// Set by unlink of the last name: the inode is deleted when the last handle closes.
+    pub unlinked: AtomicBool,
+    // Never held across an await: copied in and out.
+    overlay: Mutex<Option<Overlay>>,
+}
+
+impl OpenFile {
+    pub fn overlay(&self) -> Option<Overlay> {
+        *self.overlay.lock().expect("overlay")
+    }
+
+    fn set_overlay(&self, s: &FileState) {
+        let o = s.dirty.then_some(Overlay {
+            size: s.size,
+            mtime: s.mtime,
+        });
+        *self.overlay.lock().expect("overlay") = o;
+    }
+
+    pub async fn write(&self, e: &Engine, offset: u64, data: &[u8]) -> Result<()> {
+        let mut s = self.state.lock().await;
+        let r = s.write(e, offset, data).await;
+        self.set_overlay(&s);
+        r
+    }
+
+    pub async fn read(&self, e: &Engine, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut plan = {
+            let mut s = self.state.lock().await;
+            s.plan_read(offset, len)
+        };
+        for key in std::mem::take(&mut plan.prefetch) {
+            let c = e.client.clone();
+            tokio::spawn(async move {
+                let _ = c.get_chunk(&key).await;
+            });
+        }
+        assemble(e, plan, offset).await
+    }
+
+    pub async fn truncate(&self, e: &Engine, size: u64) -> Result<()> {
+        let mut s = self.state.lock().await;
+        let r = s.truncate(e, size).await;
+        self.set_overlay(&s);
+        r
+    }
+
+    /// Grows the file to `size` (never shrinks it).
+    pub async fn extend(&self, e: &Engine, size: u64) -> Result<()> {
+        let mut s = self.state.lock().await;
+        if size <= s.size {
+            return Ok(());
+        }
+        let r = s.truncate(e, size).await;
+        self.set_overlay(&s);
+        r
+    }
+
+    /// Makes everything written durable and writes the record.
+    pub async fn commit(&self, e: &Engine) -> Result<()> {
+        let mut s = self.state.lock().await;
+        let r = s.commit(e).await;
+        self.set_overlay(&s);
+        r
+    }
+
+    /// Takes a freshly read record as the base, unless local changes are pending
+    /// (close-to-open: a new open sees what others committed).
+    pub async fn refresh(&self, inode: Inode) {
+        let mut s = self.state.lock().await;
+        if !s.dirty {
+            s.size = inode.size;
+            s.base = inode;
+            s.prefetched_to = 0;
+        } else {
+            s.base.xattrs = inode.xattrs;
+        }
+    }
+
+    /// An extended attribute as of the last record read or written (the kernel asks
+    /// for `security.capability` before every write; this spares the ring a read).
+    pub async fn xattr(&self, name: &str) -> Option<Vec<u8>> {
+        self.state
+            .lock()
+            .await
+            .base
+            .xattrs
+            .get(name)
+            .map(|v| v.to_vec())
+    }
+}
+
+impl FileState {
+    fn new(id: Id, base: Inode) -> FileState {
+        FileState {
+            id,
+            size: base.size,
+            base,
+            slots: BTreeMap::new(),
+            truncated_to: None,
+            mtime: None,
+            dirty: false,
+            failed: Arc::new(AtomicBool::new(false)),
+            last_read_end: u64::MAX,
+            prefetched_to: 0,
+        }
+    }
+
+    fn cb(&self) -> u64 {
+        self.base.chunk_bytes.max(1) as u64
+    }
+
+    /// Length of chunk `i` at the current size.
+    fn chunk_len(&self, i: usize) -> usize {
+        let cb = self.cb();
+        self.size.saturating_sub(i as u64 * cb).min(cb) as usize
+    }
+
+    /// The committed key of chunk `i`, or a hole where a truncate cut it off.
+    fn base_key(&self, i: usize) -> Id {
+        if let Some(t) = self.truncated_to {
+            if i as u64 * self.cb() >= t {
+                return Id::ZERO;
+            }
+        }
+        self.base.chunks.get(i).copied().unwrap_or(Id::ZERO)
+    }
+
+    /// Takes chunk `i` out as a buffer of its current content.
+    async fn take_chunk(&mut self, e: &Engine, i: usize) -> Result<Vec<u8>> {
+        let key = match self.slots.remove(&i) {
+            Some(Slot::Dirty(v)) => return Ok(v),
+            Some(Slot::Uploading(b, _abandoned)) => return Ok(b.to_vec()),
+            Some(Slot::Stored(k)) => k,
+            None => self.base_key(i),
+        };
+        if key == Id::ZERO {
+            return Ok(Vec::new());
+        }
+        match e.client.get_chunk(&key).await {
+            Ok(b) => {
+                let mut v = b.to_vec();
+                v.truncate(self.chunk_len(i));
+                Ok(v)
+            }
+            Err(err) => {
+                // Put back what was taken: a failed read must not lose a pending chunk.
+                if self.base_key(i) != key {
+                    self.slots.insert(i, Slot::Stored(key));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn upload(&mut self, e: &Engine, i: usize, v: Vec<u8>) {
+        let data = Bytes::from(v);
+        let kib = (data.len().div_ceil(1024) as u32).clamp(1, DIRTY_BUDGET_KIB as u32);
+        let permit = e
+            .budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("budget never closed");
+        let (client, uploads, d) = (e.client.clone(), e.uploads.clone(), data.clone());
+        let failed = self.failed.clone();
+        let handle = tokio::spawn(async move {
+            let _held = permit;
+            let _slot = uploads.acquire_owned().await.expect("never closed");
+            if failed.load(Ordering::Acquire) {
+                // An upload of this file failed: leave the rest to the next commit.
+                return Err(ClientError::Invalid("skipped after a failed upload".into()));
+            }
+            let r = client.put_block(d).await;
+            if let Err(err) = &r {
+                tracing::warn!("uploading chunk {i} failed: {err}");
+                failed.store(true, Ordering::Release);
+            }
+            r
+        });
+        self.slots.insert(i, Slot::Uploading(data, handle));
+    }
+
+    async fn write(&mut self, e: &Engine, offset: u64, data: &[u8]) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(ClientError::Unavailable {
+                what: format!("inode {}", self.id.short()),
+                last: "an earlier chunk upload failed; fsync or close to retry".into(),
+            });
+        }
+        let cb = self.cb();
+        let end = offset + data.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let i = (pos / cb) as usize;
+            let within = (pos - i as u64 * cb) as usize;
+            let n = ((cb as usize) - within).min((end - pos) as usize);
+            let mut v = if within == 0 && n == cb as usize {
+                self.slots.remove(&i);
+                Vec::with_capacity(n)
+            } else {
+                self.take_chunk(e, i).await?
+            };
+            if v.len() < within + n {
+                v.resize(within + n, 0);
+            }
+            let from = (pos - offset) as usize;
+            v[within..within + n].copy_from_slice(&data[from..from + n]);
+            self.size = self.size.max(pos + n as u64);
+            self.dirty = true;
+            if within + n == cb as usize {
+                // A writer that reached the chunk's end: stream it out now.
+                self.upload(e, i, v).await;
+            } else {
+                self.slots.insert(i, Slot::Dirty(v));
+            }
+            pos += n as u64;
+        }
+        self.mtime = Some(Timespec::now());
+        let dirty: usize = self
+            .slots
+            .values()
+            .map(|s| if let Slot::Dirty(v) = s { v.len() } else { 0 })
+            .sum();
+        if dirty > DIRTY_FILE_MAX_BYTES {
+            self.upload_dirty(e).await;
+        }
+        Ok(())
+    }
+
+    async fn upload_dirty(&mut self, e: &Engine) {
+        let dirty: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Dirty(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in dirty {
+            if let Some(Slot::Dirty(v)) = self.slots.remove(&i) {
+                self.upload(e, i, v).await;
+            }
+        }
+    }
+
+    fn plan_read(&mut self, offset: u64, len: usize) -> ReadPlan {
+        let cb = self.cb();
+        if offset >= self.size || len == 0 {
+            return ReadPlan {
+                pieces: Vec::new(),
+                first: 0,
+                end: offset,
+                cb,
+                prefetch: Vec::new(),
+            };
+        }
+        let end = (offset + len as u64).min(self.size);
+        let (first, last) = ((offset / cb) as usize, ((end - 1) / cb) as usize);
+        let pieces = (first..=last)
+            .map(|i| {
+                let src = match self.slots.get(&i) {
+                    Some(Slot::Dirty(v)) => Source::Mem(Bytes::copy_from_slice(v)),
+                    Some(Slot::Uploading(b, _)) => Source::Mem(b.clone()),
+                    Some(Slot::Stored(k)) => Source::Key(*k),
+                    None => Source::Key(self.base_key(i)),
+                };
+                (src, self.chunk_len(i))
+            })
+            .collect();
+        let mut prefetch = Vec::new();
+        if offset == self.last_read_end || offset == 0 {
+            let ahead = (READAHEAD_BYTES / cb).max(1) as usize;
+            let count = self.size.div_ceil(cb) as usize;
+            let from = self.prefetched_to.max(last + 1);
+            let to = (last + 1 + ahead).min(count);
+            for i in from..to {
+                if !self.slots.contains_key(&i) {
+                    let k = self.base_key(i);
+                    if k != Id::ZERO {
+                        prefetch.push(k);
+                    }
+                }
+            }
+            self.prefetched_to = self.prefetched_to.max(to);
+        }
+        self.last_read_end = end;
+        ReadPlan {
+            pieces,
+            first,
+            end,
+            cb,
+            prefetch,
+        }
+    }
+
+    async fn truncate(&mut self, e: &Engine, size: u64) -> Result<()> {
+        let cb = self.cb();
+        if size < self.size {
+            let i = (size / cb) as usize;
+            let within = (size % cb) as usize;
+            let partial = if within > 0 {
+                let mut v = self.take_chunk(e, i).await?;
+                v.truncate(within);
+                Some(v)
+            } else {
+                None
+            };
+            self.slots.retain(|k, _| (*k as u64) * cb < size);
+            if let Some(v) = partial {
+                self.slots.insert(i, Slot::Dirty(v));
+            }
+            self.truncated_to = Some(self.truncated_to.map_or(size, |t| t.min(size)));
+            self.prefetched_to = 0;
+        }
+        if size != self.size {
+            self.mtime = Some(Timespec::now());
+        }
+        self.size = size;
+        self.dirty = true;
+        Ok(())
+    }
+
+    async fn commit(&mut self, e: &Engine) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        // A retry after a failure starts the failed uploads over.
+        self.failed.store(false, Ordering::Release);
+        self.upload_dirty(e).await;
+        let mut failed: Option<ClientError> = None;
+        let indices: Vec<usize> = self.slots.keys().copied().collect();
+        for i in indices {
+            if let Some(Slot::Uploading(data, handle)) = self.slots.remove(&i) {
+                if failed.is_some() {
+                    // Fail fast: the rest stays dirty for the next commit.
+                    handle.abort();
+                    let _ = handle.await;
+                    self.slots.insert(i, Slot::Dirty(data.to_vec()));
+                    continue;
+                }
+                let res = match handle.await {
+                    Ok(r) => r,
+                    Err(join) => Err(ClientError::Io(std::io::Error::other(join.to_string()))),
+                };
+                match res {
+                    Ok(k) => {
+                        self.slots.insert(i, Slot::Stored(k));
+                    }
+                    Err(err) => {
+                        self.slots.insert(i, Slot::Dirty(data.to_vec()));
+                        failed.get_or_insert(err);
+                    }
+                }
+            }
+        }
+        if let Some(err) = failed {
+            self.failed.store(true, Ordering::Release);
+            return Err(err);
+        }
+        let stored: Vec<(usize, Id)> = self
+            .slots
+            .iter()
+            .filter_map(|(i, s)| {
+                if let Slot::Stored(k) = s {
+                    Some((*i, *k))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let (size, trunc, mtime, cb) = (self.size, self.truncated_to, self.mtime, self.cb());
+        let (_, r) = e
+            .client
+            .update_inode(&self.id, |ino| {
+                if ino.kind != Kind::File {
+                    return Err(ClientError::Invalid("not a regular file".into()));
+                }
+                if let Some(t) = trunc {
+                    ino.chunks.truncate(t.div_ceil(cb) as usize);
+                }
+                let n = size.div_ceil(cb) as usize;
+                ino.chunks.resize(n, Id::ZERO);
+                for (i, k) in &stored {
+                    if *i < n {
+                        ino.chunks[*i] = *k;
+                    }
+                }
+                ino.size = size;
+                if let Some(m) = mtime {
+                    ino.mtime = m;
+                    ino.ctime = m;
+                }
+                Ok(())
+            })
+            .await?;
+        self.base = r.inode;
+        self.slots.clear();
+        self.truncated_to = None;
+        self.mtime = None;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+/// Fetches the chunks of a read in parallel and cuts out the range.
+async fn assemble(e: &Engine, plan: ReadPlan, offset: u64) -> Result<Vec<u8>> {
+    let ReadPlan {
+        pieces,
+        first,
+        end,
+        cb,
+        ..
+    } = plan;
+    if pieces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let blocks = futures::future::try_join_all(pieces.into_iter().map(|(src, len)| async move {
+        let b = match src {
+            Source::Mem(b) => b,
+            Source::Key(k) if k == Id::ZERO => Bytes::new(),
+            Source::Key(k) => e.client.get_chunk(&k).await?,
+        };
+        Ok::<_, ClientError>((b, len))
+    }))
+    .await?;
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for (n, (b, len)) in blocks.iter().enumerate() {
+        let start = (first + n) as u64 * cb;
+        let from = offset.saturating_sub(start) as usize;
+        let to = ((end - start) as usize).min(*len);
+        if from < to {
+            // Bytes past a short stored chunk read as zeros.
+            let have = b.len().min(to);
+            if from < have {
+                out.extend_from_slice(&b[from..have]);
+            }
+            let pad = to - have.max(from);
+            out.resize(out.len() + pad, 0);
+        }
+    }
+    Ok(out)
+}
+
+/// The open files of a mount, by inode id, each with its count of users (handles, and
+/// operations such as a truncate of a file nobody has open).
+#[derive(Default)]
+pub struct OpenFiles {
+    // Never held across an await: lookups and counter updates only.
+    map: Mutex<HashMap<Id, (Arc<OpenFile>, usize)>>,
+}
+
+impl OpenFiles {
+    pub fn get(&self, id: &Id) -> Option<Arc<OpenFile>> {
+        self.map
+            .lock()
+            .expect("open files")
+            .get(id)
+            .map(|(f, _)| f.clone())
+    }
+
+    /// One more user of the file; its state starts from `base` when it was not open.
+    /// Returns the file and whether it was already open.
+    pub fn open(&self, id: Id, base: Inode) -> (Arc<OpenFile>, bool) {
+        let mut map = self.map.lock().expect("open files");
+        if let Some((f, n)) = map.get_mut(&id) {
+            *n += 1;
+            return (f.clone(), true);
+        }
+        let f = Arc::new(OpenFile {
+            id,
+            state: tokio::sync::Mutex::new(FileState::new(id, base)),
+            unlinked: AtomicBool::new(false),
+            overlay: Mutex::new(None),
+        });
+        map.insert(id, (f.clone(), 1));
+        (f, false)
+    }
+
+    /// One user fewer; returns the file when that was the last one.
+    pub fn close(&self, id: &Id) -> Option<Arc<OpenFile>> {
+        let mut map = self.map.lock().expect("open files");
+        let (f, n) = map.get_mut(id)?;
+        *n -= 1;
+        if *n == 0 {
+            let f = f.clone();
+            map.remove(id);
+            return Some(f);
+        }
+        None
+    }
+
+    /// Marks an unlinked file for deletion at its last close. False when not open.
+    pub fn defer_delete(&self, id: &Id) -> bool {
+        match self.map.lock().expect("open files").get(id) {
+            Some((f, _)) => {
+                f.unlinked.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<OpenFile>> {
+        self.map
+            .lock()
+            .expect("open files")
+            .values()
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+}
+
+/// Numbered handles (file handles, directory listings) handed to the kernel.
+pub struct Handles<T> {
+    // Never held across an await.
+    map: Mutex<HashMap<u64, T>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl<T: Clone> Handles<T> {
+    pub fn new() -> Handles<T> {
+        Handles {
+            map: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    pub fn insert(&self, v: T) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map.lock().expect("handles").insert(fh, v);
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Option<T> {
+        self.map.lock().expect("handles").get(&fh).cloned()
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<T> {
+        self.map.lock().expect("handles").remove(&fh)
+    }
+}
+
+impl<T: Clone> Default for Handles<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}

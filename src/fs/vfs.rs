@@ -1,0 +1,653 @@
+//! The filesystem's operations as async functions over the client library, each
+//! returning `Result<_, Errno>`; `ops.rs` adapts them to fuser's callbacks.
+
+use super::errno::log_errno;
+use super::handles::{Engine, Handles, OpenFile, OpenFiles};
+use super::inodes::{attr, kind_of_mode, InodeTable, BLOCK_BYTES};
+use crate::client::tree::InodeRef;
+use crate::client::{Client, ClientError};
+use crate::id::Id;
+use crate::proto::{Inode, Kind, Request, Response, Timespec};
+use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type FsResult<T> = std::result::Result<T, Errno>;
+
+/// Inodes whose extended attributes are kept.
+const XATTR_CACHE_ENTRIES: u64 = 16_384;
+
+/// Directory records kept for lookups.
+const DIR_CACHE_ENTRIES: u64 = 4096;
+
+/// Settings of a mount that the operations need.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// How long the kernel may cache attributes and names.
+    pub ttl: Duration,
+    /// Chunk size of files created through this mount.
+    pub chunk_bytes: u32,
+}
+
+/// One row of a directory listing, taken at opendir.
+#[derive(Clone, Debug)]
+pub struct DirRow {
+    pub id: Id,
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: String,
+}
+
+/// Who is asking: the caller's ids, for ownership of new nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct Fs {
+    pub engine: Engine,
+    pub cfg: FsConfig,
+    pub inodes: InodeTable,
+    pub open: OpenFiles,
+    pub files: Handles<Arc<OpenFile>>,
+    pub dirs: Handles<Arc<Vec<DirRow>>>,
+    /// Directory records read in the last `ttl`, for lookups (the kernel's own name cache
+    /// has the same lifetime). Changes made through this mount drop the entry at once.
+    dir_cache: moka::sync::Cache<Id, Arc<InodeRef>>,
+    /// Extended attributes of inodes read in the last `ttl` (`ls -l` asks for
+    /// `security.*` names of every file it lists; this spares the ring those reads).
+    xattr_cache: moka::sync::Cache<Id, Arc<Xattrs>>,
+}
+
+type Xattrs = std::collections::BTreeMap<String, serde_bytes::ByteBuf>;
+
+/// Changes asked of `setattr`.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+}
+
+fn name_str(name: &std::ffi::OsStr) -> FsResult<&str> {
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+fn ts(t: TimeOrNow, now: Timespec) -> Timespec {
+    match t {
+        TimeOrNow::Now => now,
+        TimeOrNow::SpecificTime(t) => Timespec::from(t),
+    }
+}
+
+impl Fs {
+    pub fn new(client: Arc<Client>, cfg: FsConfig) -> Fs {
+        Fs {
+            engine: Engine::new(client),
+            cfg: cfg.clone(),
+            inodes: InodeTable::new(),
+            open: OpenFiles::default(),
+            files: Handles::new(),
+            dirs: Handles::new(),
+            dir_cache: moka::sync::Cache::builder()
+                .max_capacity(DIR_CACHE_ENTRIES)
+                .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
+                .build(),
+            xattr_cache: moka::sync::Cache::builder()
+                .max_capacity(XATTR_CACHE_ENTRIES)
+                .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
+                .build(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.engine.client
+    }
+
+    fn id(&self, ino: INodeNo) -> FsResult<Id> {
+        self.inodes.id(ino).ok_or(Errno::ENOENT)
+    }
+
+    async fn get(&self, id: &Id) -> FsResult<InodeRef> {
+        self.client()
+            .get_inode(id)
+            .await
+            .map_err(|e| log_errno("get inode", &e))
+    }
+
+    /// A directory's record, from the cache when read within the last `ttl`.
+    async fn dir(&self, id: &Id) -> FsResult<Arc<InodeRef>> {
+        if let Some(d) = self.dir_cache.get(id) {
+            return Ok(d);
+        }
+        let d = Arc::new(self.get(id).await?);
+        if d.inode.kind == Kind::Dir && !self.cfg.ttl.is_zero() {
+            self.dir_cache.insert(*id, d.clone());
+        }
+        Ok(d)
+    }
+
+    fn forget_dirs(&self, ids: &[Id]) {
+        for id in ids {
+            self.dir_cache.invalidate(id);
+        }
+    }
+
+    /// The attributes of an inode, with what its open handles wrote but not committed.
+    pub fn attr_of(&self, r: &InodeRef) -> FileAttr {
+        if !self.cfg.ttl.is_zero() {
+            self.xattr_cache
+                .insert(r.id, Arc::new(r.inode.xattrs.clone()));
+        }
+        let ino = self.inodes.ino(&r.id);
+        let mut a = attr(ino, &r.inode);
+        if r.inode.kind == Kind::File {
+            if let Some(o) = self.open.get(&r.id).and_then(|f| f.overlay()) {
+                a.size = o.size;
+                a.blocks = a.blocks.max(o.size.div_ceil(512));
+                if let Some(m) = o.mtime {
+                    a.mtime = m.into();
+                    a.ctime = m.into();
+                }
+            }
+        }
+        a
+    }
+
+    pub async fn lookup(&self, parent: INodeNo, name: &std::ffi::OsStr) -> FsResult<FileAttr> {
+        let name = name_str(name)?;
+        if name.len() > crate::client::tree::NAME_MAX_BYTES {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let dir = self.dir(&self.id(parent)?).await?;
+        if dir.inode.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let entry = dir.inode.entries.get(name).ok_or(Errno::ENOENT)?;
+        let child = self.get(&entry.id).await?;
+        Ok(self.attr_of(&child))
+    }
+
+    pub async fn getattr(&self, ino: INodeNo) -> FsResult<FileAttr> {
+        let r = self.get(&self.id(ino)?).await?;
+        if r.inode.kind == Kind::Dir && !self.cfg.ttl.is_zero() {
+            self.dir_cache.insert(r.id, Arc::new(r.clone()));
+        }
+        Ok(self.attr_of(&r))
+    }
+
+    pub async fn setattr(&self, ino: INodeNo, set: SetAttr) -> FsResult<FileAttr> {
+        let id = self.id(ino)?;
+        self.forget_dirs(&[id]);
+        let now = Timespec::now();
+        if let Some(size) = set.size {
+            let cur = self.get(&id).await?;
+            match cur.inode.kind {
+                Kind::Dir => return Err(Errno::EISDIR),
+                Kind::File => {}
+                _ => return Err(Errno::EINVAL),
+            }
+            let (f, _) = self.open.open(id, cur.inode);
+            let res = async {
+                f.truncate(&self.engine, size).await?;
+                f.commit(&self.engine).await
+            }
+            .await;
+            self.release_file(&f).await;
+            res.map_err(|e| log_errno("truncate", &e))?;
+        } else if let Some(f) = self.open.get(&id) {
+            // Explicit times must not be overwritten by a later commit of older writes.
+            if set.mtime.is_some() {
+                f.commit(&self.engine)
+                    .await
+                    .map_err(|e| log_errno("commit", &e))?;
+            }
+        }
+        let has_meta = set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+            || set.size.is_some();
+        let r = if has_meta {
+            let (_, r) = self
+                .client()
+                .update_inode(&id, |ino| {
+                    if let Some(m) = set.mode {
+                        ino.mode = m & 0o7777;
+                    }
+                    if let Some(u) = set.uid {
+                        ino.uid = u;
+                    }
+                    if let Some(g) = set.gid {
+                        ino.gid = g;
+                    }
+                    if let Some(a) = set.atime {
+                        ino.atime = ts(a, now);
+                    }
+                    if let Some(m) = set.mtime {
+                        ino.mtime = ts(m, now);
+                    }
+                    ino.ctime = now;
+                    Ok(())
+                })
+                .await
+                .map_err(|e| log_errno("setattr", &e))?;
+            r
+        } else {
+            self.get(&id).await?
+        };
+        self.refresh_open(r.clone()).await;
+        Ok(self.attr_of(&r))
+    }
+
+    async fn refresh_open(&self, r: InodeRef) {
+        self.xattr_cache
+            .insert(r.id, Arc::new(r.inode.xattrs.clone()));
+        if let Some(f) = self.open.get(&r.id) {
+            f.refresh(r.inode).await;
+        }
+    }
+
+    /// Creates a node of any kind under `parent`, owned by the caller (the group of a
+    /// set-group-id directory, which new directories inherit).
+    pub async fn make(
+        &self,
+        who: Caller,
+        parent: INodeNo,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        rdev: u32,
+        target: Option<&str>,
+    ) -> FsResult<InodeRef> {
+        let name = name_str(name)?;
+        let pid = self.id(parent)?;
+        let dir = self.dir(&pid).await?;
+        if dir.inode.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if dir.inode.entries.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        let kind = if target.is_some() {
+            Kind::Symlink
+        } else {
+            kind_of_mode(mode).ok_or(Errno::EINVAL)?
+        };
+        let mut gid = who.gid;
+        let mut perm = mode & 0o7777;
+        if dir.inode.mode & libc::S_ISGID != 0 {
+            gid = dir.inode.gid;
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID;
+            }
+        }
+        let mut inode = Inode::new(kind, perm, who.uid, gid, pid, self.cfg.chunk_bytes);
+        if kind == Kind::Symlink {
+            inode.mode = 0o777;
+            inode.target = target.unwrap_or_default().to_string();
+            inode.size = inode.target.len() as u64;
+        }
+        if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+            inode.rdev = rdev;
+        }
+        let res = self.client().create_child(&pid, name, inode).await;
+        self.forget_dirs(&[pid]);
+        res.map_err(|e| log_errno("create", &e))
+    }
+
+    /// Removes a name; deletes the inode when no name and no open handle is left.
+    pub async fn remove(&self, parent: INodeNo, name: &std::ffi::OsStr, dir: bool) -> FsResult<()> {
+        let name = name_str(name)?;
+        let pid = self.id(parent)?;
+        let (id, left) = self
+            .client()
+            .unlink_child(&pid, name, dir)
+            .await
+            .inspect_err(|_| self.forget_dirs(&[pid]))
+            .map_err(|e| log_errno("unlink", &e))?;
+        self.forget_dirs(&[pid, id]);
+        if !dir {
+            self.maybe_delete(&id, left).await;
+        }
+        Ok(())
+    }
+
+    async fn maybe_delete(&self, id: &Id, left: u32) {
+        if left == 0 && !self.open.defer_delete(id) {
+            if let Err(e) = self.client().delete_inode(id).await {
+                tracing::warn!("deleting unlinked inode {}: {e}", id.short());
+            }
+        }
+    }
+
+    pub async fn rename(
+        &self,
+        parent: INodeNo,
+        name: &std::ffi::OsStr,
+        newparent: INodeNo,
+        newname: &std::ffi::OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        if flags & libc::RENAME_EXCHANGE != 0 || flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let (name, newname) = (name_str(name)?, name_str(newname)?);
+        let (src, dst) = (self.id(parent)?, self.id(newparent)?);
+        let no_replace = flags & libc::RENAME_NOREPLACE != 0;
+        let replaced = self
+            .client()
+            .rename(&src, name, &dst, newname, no_replace)
+            .await
+            .inspect_err(|_| self.forget_dirs(&[src, dst]))
+            .map_err(|e| log_errno("rename", &e))?;
+        self.forget_dirs(&[src, dst]);
+        if let Some((old, left)) = replaced {
+            self.forget_dirs(&[old]);
+            self.maybe_delete(&old, left).await;
+        }
+        Ok(())
+    }
+
+    pub async fn link(
+        &self,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &std::ffi::OsStr,
+    ) -> FsResult<FileAttr> {
+        let name = name_str(newname)?;
+        let (id, pid) = (self.id(ino)?, self.id(newparent)?);
+        let r = self
+            .client()
+            .link_child(&id, &pid, name)
+            .await
+            .inspect(|_| self.forget_dirs(&[pid]))
+            .map_err(|e| match e {
+                ClientError::IsDir(_) => Errno::EPERM,
+                e => log_errno("link", &e),
+            })?;
+        Ok(self.attr_of(&r))
+    }
+
+    pub async fn readlink(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
+        let r = self.get(&self.id(ino)?).await?;
+        if r.inode.kind != Kind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        Ok(r.inode.target.into_bytes())
+    }
+
+    /// Opens a file: reads its record afresh (close-to-open) and returns a handle.
+    pub async fn open(&self, ino: INodeNo) -> FsResult<u64> {
+        let id = self.id(ino)?;
+        let r = self.get(&id).await?;
+        match r.inode.kind {
+            Kind::Dir => return Err(Errno::EISDIR),
+            Kind::File => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        Ok(self.open_ref(r).await)
+    }
+
+    pub async fn open_ref(&self, r: InodeRef) -> u64 {
+        let (f, existed) = self.open.open(r.id, r.inode.clone());
+        if existed {
+            f.refresh(r.inode).await;
+        }
+        self.files.insert(f)
+    }
+
+    fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files.get(fh).ok_or(Errno::EBADF)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let f = self.file(fh)?;
+        f.read(&self.engine, offset, size as usize)
+            .await
+            .map_err(|e| log_errno("read", &e))
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let f = self.file(fh)?;
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        if end > i64::MAX as u64 {
+            return Err(Errno::EFBIG);
+        }
+        f.write(&self.engine, offset, data)
+            .await
+            .map_err(|e| log_errno("write", &e))?;
+        Ok(data.len() as u32)
+    }
+
+    /// posix_fallocate: grows the file (the new range reads as zeros and takes no space
+    /// until written; the ring has no reservations). Other modes are not supported.
+    pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let f = self.file(fh)?;
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return Ok(());
+        }
+        f.extend(&self.engine, end)
+            .await
+            .map_err(|e| log_errno("fallocate", &e))
+    }
+
+    /// flush and fsync: everything written through any handle of the file is durable.
+    pub async fn sync(&self, fh: u64) -> FsResult<()> {
+        let f = self.file(fh)?;
+        f.commit(&self.engine)
+            .await
+            .map_err(|e| log_errno("flush", &e))
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let f = self.files.remove(fh).ok_or(Errno::EBADF)?;
+        let res = f
+            .commit(&self.engine)
+            .await
+            .map_err(|e| log_errno("release", &e));
+        self.release_file(&f).await;
+        res
+    }
+
+    async fn release_file(&self, f: &Arc<OpenFile>) {
+        if let Some(last) = self.open.close(&f.id) {
+            if last.unlinked.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Err(e) = self.client().delete_inode(&last.id).await {
+                    tracing::warn!("deleting unlinked inode {}: {e}", last.id.short());
+                }
+            }
+        }
+    }
+
+    /// Commits every open file (before an unmount).
+    pub async fn flush_all(&self) -> usize {
+        let mut failed = 0;
+        for f in self.open.all() {
+            if let Err(e) = f.commit(&self.engine).await {
+                tracing::error!("flushing inode {} failed: {e}", f.id.short());
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    pub async fn opendir(&self, ino: INodeNo) -> FsResult<u64> {
+        let r = self.get(&self.id(ino)?).await?;
+        if r.inode.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let me = self.inodes.ino(&r.id);
+        let parent = self.inodes.ino(&r.inode.parent);
+        let mut rows = vec![
+            DirRow {
+                id: r.id,
+                ino: me,
+                kind: FileType::Directory,
+                name: ".".into(),
+            },
+            DirRow {
+                id: r.inode.parent,
+                ino: parent,
+                kind: FileType::Directory,
+                name: "..".into(),
+            },
+        ];
+        for (name, e) in &r.inode.entries {
+            rows.push(DirRow {
+                id: e.id,
+                ino: self.inodes.ino(&e.id),
+                kind: super::inodes::file_type(e.kind),
+                name: name.clone(),
+            });
+        }
+        Ok(self.dirs.insert(Arc::new(rows)))
+    }
+
+    /// Attributes of a batch of listing rows, fetched in parallel; `None` for a row
+    /// whose inode vanished since the listing was taken.
+    pub async fn row_attrs(&self, rows: &[DirRow]) -> FsResult<Vec<Option<FileAttr>>> {
+        let ids: Vec<Id> = rows.iter().map(|r| r.id).collect();
+        let got =
+            futures::future::join_all(ids.iter().map(|id| self.client().get_inode_opt(id))).await;
+        got.into_iter()
+            .map(|g| match g {
+                Ok(Some(r)) => Ok(Some(self.attr_of(&r))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(log_errno("readdirplus", &e)),
+            })
+            .collect()
+    }
+
+    pub async fn statfs(&self) -> FsResult<(u64, u64, u64)> {
+        let view = self.client().view();
+        let t = self.client().cfg.rpc_timeout;
+        let stats = futures::future::join_all(
+            view.peers
+                .iter()
+                .map(|p| self.client().net.call(&p.addr, Request::Stats, t)),
+        )
+        .await;
+        let (mut total, mut free, mut records) = (0u64, 0u64, 0u64);
+        for s in stats.into_iter().flatten() {
+            if let Response::Stats(s) = s {
+                total += s.disk_total;
+                free += s.disk_free;
+                records += s.records;
+            }
+        }
+        let copies = view.replicas.clamp(1, view.peers.len().max(1)) as u64;
+        let b = BLOCK_BYTES as u64;
+        Ok((total / copies / b, free / copies / b, records / copies))
+    }
+
+    pub async fn getxattr(&self, ino: INodeNo, name: &std::ffi::OsStr) -> FsResult<Vec<u8>> {
+        let name = name_str(name)?;
+        let id = self.id(ino)?;
+        if let Some(f) = self.open.get(&id) {
+            return f.xattr(name).await.ok_or(Errno::ENODATA);
+        }
+        let r = self.get(&id).await?;
+        r.inode
+            .xattrs
+            .get(name)
+            .map(|v| v.to_vec())
+            .ok_or(Errno::ENODATA)
+    }
+
+    /// An extended attribute answered from memory, when the inode was read within the
+    /// TTL and is not open (open files answer from their own state).
+    pub fn cached_xattr(&self, ino: INodeNo, name: &std::ffi::OsStr) -> Option<FsResult<Vec<u8>>> {
+        let id = self.inodes.id(ino)?;
+        let name = name.to_str()?;
+        if self.open.get(&id).is_some() {
+            return None;
+        }
+        let x = self.xattr_cache.get(&id)?;
+        Some(x.get(name).map(|v| v.to_vec()).ok_or(Errno::ENODATA))
+    }
+
+    pub async fn listxattr(&self, ino: INodeNo) -> FsResult<Vec<u8>> {
+        let r = self.get(&self.id(ino)?).await?;
+        let mut out = Vec::new();
+        for k in r.inode.xattrs.keys() {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub async fn setxattr(
+        &self,
+        ino: INodeNo,
+        name: &std::ffi::OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
+        let name = name_str(name)?.to_string();
+        if name.starts_with("system.") {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if name.is_empty() || name.len() > 255 {
+            return Err(Errno::ERANGE);
+        }
+        let id = self.id(ino)?;
+        let now = Timespec::now();
+        let res = self
+            .client()
+            .update_inode(&id, |ino| {
+                let exists = ino.xattrs.contains_key(&name);
+                if flags & libc::XATTR_CREATE != 0 && exists {
+                    return Err(ClientError::Exists(name.clone()));
+                }
+                if flags & libc::XATTR_REPLACE != 0 && !exists {
+                    return Err(ClientError::NotFound(name.clone()));
+                }
+                ino.xattrs
+                    .insert(name.clone(), serde_bytes::ByteBuf::from(value.to_vec()));
+                ino.ctime = now;
+                Ok(())
+            })
+            .await;
+        match res {
+            Ok((_, r)) => {
+                self.refresh_open(r).await;
+                Ok(())
+            }
+            Err(ClientError::NotFound(n)) if n == name => Err(Errno::ENODATA),
+            Err(e) => Err(log_errno("setxattr", &e)),
+        }
+    }
+
+    pub async fn removexattr(&self, ino: INodeNo, name: &std::ffi::OsStr) -> FsResult<()> {
+        let name = name_str(name)?.to_string();
+        let id = self.id(ino)?;
+        let now = Timespec::now();
+        let res = self
+            .client()
+            .update_inode(&id, |ino| {
+                if ino.xattrs.remove(&name).is_none() {
+                    return Err(ClientError::NotFound(name.clone()));
+                }
+                ino.ctime = now;
+                Ok(())
+            })
+            .await;
+        match res {
+            Ok((_, r)) => {
+                self.refresh_open(r).await;
+                Ok(())
+            }
+            Err(ClientError::NotFound(n)) if n == name => Err(Errno::ENODATA),
+            Err(e) => Err(log_errno("removexattr", &e)),
+        }
+    }
+}

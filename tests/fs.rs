@@ -1,0 +1,544 @@
+//! The FUSE mount, end to end: real node processes, real mounts, ordinary tools.
+
+mod fsutil;
+
+use fsutil::{ok, pattern, sh, unmount, wait_for, Mount, Ring, BIN};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const CHUNK: usize = 65536;
+
+fn small_chunks(ring: &Ring) -> Mount {
+    Mount::new(ring.addr(), &format!("chunk_size={CHUNK}"))
+}
+
+#[test]
+fn files_of_edge_sizes_round_trip() {
+    let ring = Ring::start(3, 3);
+    let m = small_chunks(&ring);
+    let local = tempfile::tempdir().unwrap();
+    let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 123, 3 << 20];
+    for (i, size) in sizes.iter().enumerate() {
+        let src = local.path().join(format!("f{size}"));
+        fs::write(&src, pattern(*size, i as u64)).unwrap();
+        ok(Command::new("cp")
+            .arg(&src)
+            .arg(m.path(&format!("f{size}"))));
+    }
+    for size in sizes {
+        let name = format!("f{size}");
+        ok(Command::new("cmp")
+            .arg(local.path().join(&name))
+            .arg(m.path(&name)));
+        assert_eq!(fs::metadata(m.path(&name)).unwrap().len(), size as u64);
+    }
+    let ls = ok(Command::new("ls").arg("-l").arg(&m.dir));
+    for size in sizes {
+        let line = ls
+            .lines()
+            .find(|l| l.ends_with(&format!(" f{size}")))
+            .expect("listed");
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[4], size.to_string(), "{line}");
+    }
+    let du: u64 = sh(&format!("du -sk {}", m.dir.display()))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let total: usize = sizes.iter().sum();
+    assert!(
+        du as usize * 1024 >= total && du as usize * 1024 <= total + 64 * 1024 * 8,
+        "du {du} KiB"
+    );
+    let df = sh(&format!("df -k {} | tail -1", m.dir.display()));
+    let f: Vec<&str> = df.split_whitespace().collect();
+    let (size, avail): (u64, u64) = (f[1].parse().unwrap(), f[3].parse().unwrap());
+    assert!(size > 0 && avail > 0 && avail <= size, "{df}");
+    // A fresh mount (empty caches) reads the same bytes.
+    let m2 = small_chunks(&ring);
+    for size in sizes {
+        let name = format!("f{size}");
+        ok(Command::new("cmp")
+            .arg(local.path().join(&name))
+            .arg(m2.path(&name)));
+    }
+}
+
+#[test]
+fn big_file_streams_in_and_out() {
+    let mb: usize = std::env::var("CHORDFS_TEST_BIG_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let ring = Ring::start(3, 3);
+    let m = Mount::new(ring.addr(), "");
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("big");
+    let mut f = fs::File::create(&src).unwrap();
+    for i in 0..mb {
+        f.write_all(&pattern(1 << 20, i as u64 % 7)).unwrap();
+    }
+    drop(f);
+    ok(Command::new("cp").arg(&src).arg(m.path("big")));
+    assert_eq!(
+        fs::metadata(m.path("big")).unwrap().len(),
+        (mb as u64) << 20
+    );
+    let m2 = Mount::new(ring.addr(), "");
+    ok(Command::new("cmp").arg(&src).arg(m2.path("big")));
+}
+
+#[test]
+fn a_tree_copies_renames_and_removes() {
+    let ring = Ring::start(3, 3);
+    let m = small_chunks(&ring);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("tree");
+    let mut dirs = Vec::new();
+    for a in 0..2 {
+        for b in 0..2 {
+            dirs.push(format!("a{a}/b{b}/c/d/e"));
+        }
+    }
+    for d in &dirs {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    for i in 0..500 {
+        let d = &dirs[i % dirs.len()];
+        let depth = i % 5;
+        let parts: Vec<&str> = d.split('/').take(depth + 1).collect();
+        let p = src.join(parts.join("/")).join(format!("file{i}"));
+        fs::write(p, pattern(i * 37 % 5000, i as u64)).unwrap();
+    }
+    ok(Command::new("cp").arg("-r").arg(&src).arg(m.path("tree")));
+    let found = ok(Command::new("find")
+        .arg(m.path("tree"))
+        .arg("-type")
+        .arg("f"));
+    assert_eq!(found.lines().count(), 500);
+    ok(Command::new("cp")
+        .arg("-r")
+        .arg(m.path("tree"))
+        .arg(local.path().join("back")));
+    ok(Command::new("diff")
+        .arg("-r")
+        .arg(&src)
+        .arg(local.path().join("back")));
+    ok(Command::new("diff").arg("-r").arg(&src).arg(m.path("tree")));
+
+    // Renames: a file, over an existing file, a directory across directories.
+    let t = m.path("tree");
+    fs::rename(t.join("a0/file0"), t.join("a0/renamed")).unwrap();
+    assert!(!t.join("a0/file0").exists());
+    fs::write(t.join("a0/victim"), b"old").unwrap();
+    fs::write(t.join("a0/winner"), b"new").unwrap();
+    fs::rename(t.join("a0/winner"), t.join("a0/victim")).unwrap();
+    assert_eq!(fs::read(t.join("a0/victim")).unwrap(), b"new");
+    assert!(!t.join("a0/winner").exists());
+    fs::rename(t.join("a0/b0"), t.join("a1/moved")).unwrap();
+    assert!(t.join("a1/moved/c/d/e").is_dir());
+    assert_eq!(fs::metadata(t.join("a1")).unwrap().nlink(), 2 + 3);
+    let err = fs::rename(t.join("a1"), t.join("a1/moved/inside")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    fs::create_dir(t.join("emptydir")).unwrap();
+    fs::rename(t.join("emptydir"), t.join("a1/moved")).unwrap_err();
+    ok(Command::new("rm").arg("-r").arg(&t));
+    assert!(!t.exists());
+    assert_eq!(fs::read_dir(&m.dir).unwrap().count(), 0);
+}
+
+/// Random writes and truncates on a 20 MiB file, mirrored on a local file.
+#[test]
+fn random_writes_match_a_local_file() {
+    use rand::{Rng, SeedableRng};
+    let ring = Ring::start(3, 3);
+    let m = small_chunks(&ring);
+    let local = tempfile::tempdir().unwrap();
+    let size = 20usize << 20;
+    let lp = local.path().join("f");
+    let rp = m.path("f");
+    let init = pattern(size, 99);
+    fs::write(&lp, &init).unwrap();
+    fs::write(&rp, &init).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261124);
+    let open = |p: &Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap()
+    };
+    let (mut lf, mut rf) = (open(&lp), open(&rp));
+    for step in 0..400 {
+        let op = rng.random_range(0..100);
+        if op < 85 {
+            let off = rng.random_range(0..size as u64 + 100_000);
+            let len = rng.random_range(1..200_000usize);
+            let data = pattern(len, step);
+            for f in [&mut lf, &mut rf] {
+                f.seek(SeekFrom::Start(off)).unwrap();
+                f.write_all(&data).unwrap();
+            }
+        } else if op < 95 {
+            let to = rng.random_range(0..size as u64 + 1_000_000);
+            lf.set_len(to).unwrap();
+            rf.set_len(to).unwrap();
+        } else {
+            // Close and reopen: the committed record must hold everything.
+            drop(rf);
+            rf = open(&rp);
+        }
+        if step % 100 == 99 {
+            assert_eq!(
+                lf.metadata().unwrap().len(),
+                rf.metadata().unwrap().len(),
+                "size at {step}"
+            );
+        }
+    }
+    drop((lf, rf));
+    ok(Command::new("cmp").arg(&lp).arg(&rp));
+    let m2 = small_chunks(&ring);
+    ok(Command::new("cmp").arg(&lp).arg(m2.path("f")));
+    // Reads at random offsets agree too.
+    let (mut lf, mut rf) = (
+        fs::File::open(&lp).unwrap(),
+        fs::File::open(m2.path("f")).unwrap(),
+    );
+    let len = lf.metadata().unwrap().len();
+    for _ in 0..50 {
+        let off = rng.random_range(0..len.max(1));
+        let n = rng.random_range(1..300_000usize);
+        let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+        lf.seek(SeekFrom::Start(off)).unwrap();
+        rf.seek(SeekFrom::Start(off)).unwrap();
+        let na = read_full(&mut lf, &mut a);
+        let nb = read_full(&mut rf, &mut b);
+        assert_eq!(na, nb);
+        assert!(a[..na] == b[..nb], "read at {off}+{n} differs");
+    }
+}
+
+fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
+#[test]
+fn two_mounts_see_each_others_closed_files() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    fs::write(a.path("x"), b"first version").unwrap();
+    assert_eq!(fs::read(b.path("x")).unwrap(), b"first version");
+    let data = pattern(300_000, 5);
+    fs::write(b.path("x"), &data).unwrap();
+    assert_eq!(fs::read(a.path("x")).unwrap(), data);
+    fs::create_dir(a.path("d")).unwrap();
+    wait_for(
+        "dir to appear on the other mount",
+        Duration::from_secs(5),
+        || b.path("d").is_dir().then_some(()),
+    );
+}
+
+#[test]
+fn reads_survive_a_killed_node() {
+    let mut ring = Ring::start(3, 3);
+    let data = pattern(48 << 20, 11);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    fs::write(&src, &data).unwrap();
+    {
+        let m = small_chunks(&ring);
+        ok(Command::new("cp").arg(&src).arg(m.path("f")));
+    }
+    let m = Mount::new(ring.addr(), "timeout=20");
+    let out = local.path().join("out");
+    let mut reader = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dd if={} of={} bs=64k 2>/dev/null",
+            m.path("f").display(),
+            out.display()
+        ))
+        .spawn()
+        .unwrap();
+    wait_for("the read to start", Duration::from_secs(20), || {
+        (fs::metadata(&out).map(|m| m.len()).unwrap_or(0) > 0).then_some(())
+    });
+    ring.nodes[1].kill();
+    let st = reader.wait().unwrap();
+    assert!(st.success(), "read failed after a node died");
+    ok(Command::new("cmp").arg(&src).arg(&out));
+}
+
+#[test]
+fn writes_during_a_node_kill_fail_loudly_or_complete() {
+    let mut ring = Ring::start(3, 3);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    fs::write(&src, pattern(48 << 20, 12)).unwrap();
+    let m = Mount::new(ring.addr(), "chunk_size=65536,timeout=20");
+    let mut writer = Command::new("dd")
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", m.path("f").display()))
+        .args(["bs=64k", "conv=fsync"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the write to start", Duration::from_secs(20), || {
+        (fs::metadata(m.path("f")).map(|m| m.len()).unwrap_or(0) > 0).then_some(())
+    });
+    ring.nodes[2].kill();
+    let st = writer.wait().unwrap();
+    let m2 = Mount::new(ring.addr(), "timeout=20");
+    if st.success() {
+        ok(Command::new("cmp").arg(&src).arg(m2.path("f")));
+    } else {
+        eprintln!("writer failed (allowed): {st}");
+    }
+}
+
+#[test]
+fn special_files_links_xattrs_and_attributes() {
+    let ring = Ring::start(1, 1);
+    let m = small_chunks(&ring);
+    // FIFO, device, socket-free mknod via the tools.
+    ok(Command::new("mkfifo").arg(m.path("fifo")));
+    assert!(fs::symlink_metadata(m.path("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo_like());
+    ok(Command::new("mknod")
+        .arg(m.path("cdev"))
+        .args(["c", "1", "3"]));
+    let md = fs::symlink_metadata(m.path("cdev")).unwrap();
+    assert_eq!(md.mode() & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(md.rdev(), libc::makedev(1, 3));
+    // Symlinks.
+    std::os::unix::fs::symlink("some/where", m.path("link")).unwrap();
+    assert_eq!(
+        fs::read_link(m.path("link")).unwrap(),
+        Path::new("some/where")
+    );
+    // Hard links.
+    fs::write(m.path("a"), b"data").unwrap();
+    fs::hard_link(m.path("a"), m.path("b")).unwrap();
+    assert_eq!(fs::metadata(m.path("a")).unwrap().nlink(), 2);
+    fs::remove_file(m.path("a")).unwrap();
+    assert_eq!(fs::metadata(m.path("b")).unwrap().nlink(), 1);
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"data");
+    // Unlinked while open: still readable through the handle.
+    let mut f = fs::File::open(m.path("b")).unwrap();
+    fs::remove_file(m.path("b")).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "data");
+    drop(f);
+    // Directory link counts.
+    fs::create_dir_all(m.path("d/e")).unwrap();
+    fs::create_dir(m.path("d/f")).unwrap();
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 4);
+    assert_eq!(
+        fs::remove_dir(m.path("d")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    // chmod, chown, utimens.
+    fs::write(m.path("p"), b"x").unwrap();
+    fs::set_permissions(m.path("p"), fs::Permissions::from_mode(0o4750)).unwrap();
+    assert_eq!(fs::metadata(m.path("p")).unwrap().mode() & 0o7777, 0o4750);
+    std::os::unix::fs::chown(m.path("p"), Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(m.path("p")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    ok(Command::new("touch")
+        .args(["-m", "-d", "2001-02-03 04:05:06.789 UTC"])
+        .arg(m.path("p")));
+    let md = fs::metadata(m.path("p")).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (981173106, 789_000_000));
+    let before = fs::metadata(m.path("p")).unwrap().ctime();
+    ok(Command::new("touch").arg(m.path("p")));
+    assert!(fs::metadata(m.path("p")).unwrap().mtime() >= before);
+    // Extended attributes.
+    let p = m.path("p");
+    xattr(&p, "user.k", Some(b"v1"), 0).unwrap();
+    assert_eq!(getxattr(&p, "user.k").unwrap(), b"v1");
+    assert_eq!(
+        xattr(&p, "user.k", Some(b"v2"), libc::XATTR_CREATE).unwrap_err(),
+        libc::EEXIST
+    );
+    assert_eq!(
+        xattr(&p, "user.none", Some(b"v"), libc::XATTR_REPLACE).unwrap_err(),
+        libc::ENODATA
+    );
+    assert_eq!(getxattr(&p, "user.none").unwrap_err(), libc::ENODATA);
+    xattr(&p, "user.k", None, 0).unwrap();
+    assert_eq!(xattr(&p, "user.k", None, 0).unwrap_err(), libc::ENODATA);
+    // Errors.
+    assert_eq!(
+        fs::read_dir(m.path("nope")).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        fs::create_dir(m.path("p")).unwrap_err().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    let long = "x".repeat(256);
+    assert_eq!(
+        fs::write(m.path(&long), b"").unwrap_err().raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
+    // statfs.
+    let out = sh(&format!("stat -f -c '%b %a %S' {}", m.dir.display()));
+    let v: Vec<u64> = out.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    assert!(v[0] > 0 && v[1] <= v[0] && v[2] == 4096, "{out}");
+}
+
+trait FifoLike {
+    fn is_fifo_like(&self) -> bool;
+}
+impl FifoLike for fs::FileType {
+    fn is_fifo_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_fifo()
+    }
+}
+
+/// Sets (Some) or removes (None) an xattr with python-free syscalls via `setfattr`-less
+/// plumbing: the `xattr` calls go through a tiny shell of `python3`.
+fn xattr(p: &Path, name: &str, value: Option<&[u8]>, flags: i32) -> Result<(), i32> {
+    let script = match value {
+        Some(v) => format!(
+            "import os,sys\ntry: os.setxattr({p:?}, {name:?}, bytes({v:?}), {flags})\nexcept OSError as e: sys.exit(e.errno)",
+            p = p.to_str().unwrap(),
+            v = v.to_vec()
+        ),
+        None => format!(
+            "import os,sys\ntry: os.removexattr({p:?}, {name:?})\nexcept OSError as e: sys.exit(e.errno)",
+            p = p.to_str().unwrap()
+        ),
+    };
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .unwrap();
+    if st.success() {
+        Ok(())
+    } else {
+        Err(st.code().unwrap_or(-1))
+    }
+}
+
+fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let script = format!(
+        "import os,sys\ntry: sys.stdout.buffer.write(os.getxattr({p:?}, {name:?}))\nexcept OSError as e: sys.exit(e.errno)",
+        p = p.to_str().unwrap()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(out.status.code().unwrap_or(-1))
+    }
+}
+
+#[test]
+fn mount_command_reports_failures_and_unmounts_cleanly() {
+    // An unreachable ring: a clear message and a non-zero exit.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", "--ring", "127.0.0.1:1"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("127.0.0.1:1"), "{msg}");
+    assert!(!fsutil::is_mounted(tmp.path()));
+    let out = Command::new(BIN)
+        .args(["mount", "--ring", "127.0.0.1:1", "-o", "bogus"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let ring = Ring::start(1, 1);
+    // SIGTERM flushes an open file's data, then unmounts.
+    let m = small_chunks(&ring);
+    let mut f = fs::File::create(m.path("open")).unwrap();
+    f.write_all(&pattern(100_000, 3)).unwrap();
+    let pids = fsutil::mount_pids(&m.dir);
+    assert_eq!(pids.len(), 1);
+    ok(Command::new("kill").args(["-TERM", &pids[0].to_string()]));
+    wait_for("mount process to end", Duration::from_secs(20), || {
+        (!Path::new(&format!("/proc/{}/cmdline", pids[0])).exists()
+            || fs::read(format!("/proc/{}/cmdline", pids[0]))
+                .map(|c| c.is_empty())
+                .unwrap_or(true))
+        .then_some(())
+    });
+    drop(f);
+    unmount(&m.dir);
+    let m2 = small_chunks(&ring);
+    assert_eq!(fs::read(m2.path("open")).unwrap(), pattern(100_000, 3));
+
+    // The mount(8) helper, installed as /sbin/mount.chordfs.
+    let helper = Path::new("/sbin/mount.chordfs");
+    if helper.exists() {
+        eprintln!(
+            "skipping the helper check: {} exists already",
+            helper.display()
+        );
+        return;
+    }
+    fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/mount/mount.chordfs"),
+        helper,
+    )
+    .unwrap();
+    struct Remove(&'static Path);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(self.0);
+        }
+    }
+    let _installed = Remove(helper);
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "chordfs", ring.addr()])
+        .arg(dir.path())
+        .args(["-o", "chunk_size=65536"])
+        .env("CHORDFS_BIN", BIN)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            unmount(&self.0);
+        }
+    }
+    let _mounted = Unmount(dir.path().to_path_buf());
+    assert_eq!(
+        fs::read(dir.path().join("open")).unwrap(),
+        pattern(100_000, 3)
+    );
+    ok(Command::new("umount").arg(dir.path()));
+    assert!(!fsutil::is_mounted(dir.path()));
+}
