@@ -17,6 +17,7 @@
 //! - [`fs`]: the FUSE driver over the client.
 //! - [`http`]: the status sidecar.
 //! - [`daemon`]: starting and stopping a node process.
+//! - [`sim`]: deterministic simulation of a ring (seeded faults, invariant checks).
 
 pub mod chord;
 pub mod client;
@@ -26,4 +27,5 @@ pub mod http;
 pub mod id;
 pub mod net;
 pub mod proto;
+pub mod sim;
 pub mod store;

@@ -12,9 +12,21 @@ use std::time::Duration;
 impl Node {
     /// Joins the ring through any live member.
     pub async fn join(&self, via: &str) -> Result<(), RpcError> {
+        use std::sync::atomic::Ordering;
+        self.joining.store(true, Ordering::Release);
+        let res = self.join_through(via).await;
+        if res.is_ok() {
+            self.joining.store(false, Ordering::Release);
+            *self.joined_via.lock().expect("joined_via lock") = Some(via.to_string());
+        }
+        res
+    }
+
+    pub(super) async fn join_through(&self, via: &str) -> Result<(), RpcError> {
         let timeout = self.cfg.rpc_timeout;
         let mut cur_addr = via.to_string();
-        let mut avoid = Vec::new();
+        // Not ourselves: a restarted node may still sit in others' successor lists.
+        let mut avoid = vec![self.me.id];
         for _ in 0..super::node::MAX_LOOKUP_HOPS {
             let resp = self
                 .net
@@ -33,12 +45,18 @@ impl Node {
                         .into_iter()
                         .filter(|p| p.id != self.me.id)
                         .collect();
-                    if let Some(first) = list.first().cloned() {
-                        self.routing
-                            .write()
-                            .expect("routing lock")
-                            .set_successors(first, &list[1..]);
-                    }
+                    let Some(first) = list.first().cloned() else {
+                        // Joined nothing: succeeding here would leave this node alone,
+                        // and nobody would look for it; let the caller retry.
+                        return Err(RpcError::Unexpected {
+                            addr: cur_addr,
+                            detail: "the ring named no successor but this node".into(),
+                        });
+                    };
+                    self.routing
+                        .write()
+                        .expect("routing lock")
+                        .set_successors(first, &list[1..]);
                     self.stabilize().await;
                     return Ok(());
                 }
@@ -115,6 +133,7 @@ impl Node {
                 Ok(_) | Err(_) => {
                     tracing::info!("successor {} unreachable; dropping it", succ.addr);
                     self.routing.write().expect("routing lock").remove(&succ.id);
+                    self.note_lost(&succ);
                 }
             }
         }
@@ -154,6 +173,7 @@ impl Node {
                 Ok(Response::Pong { .. }) => {}
                 _ => {
                     tracing::info!("predecessor {} unreachable; clearing it", p.addr);
+                    self.note_lost(&p);
                     let mut r = self.routing.write().expect("routing lock");
                     if r.predecessor.as_ref().is_some_and(|q| q.id == p.id) {
                         r.predecessor = None;
@@ -204,20 +224,37 @@ impl Node {
         }
     }
 
-    /// Runs the periodic work until shutdown.
+    /// Runs the periodic work until shutdown: each step on its own timer, side by side,
+    /// so a slow step (fix_fingers waiting out timeouts on dead fingers) does not hold
+    /// up stabilize or check_predecessor. (Found by the simulation: with the three in
+    /// one select, a node whose fix_fingers kept timing out never cleared a dead
+    /// predecessor; CHORDFS_SIM_FAULTS=crashes CHORDFS_SIM_SEED=5.)
     pub async fn run_maintenance(self: Arc<Self>) {
-        let mut stabilize = tokio::time::interval(self.cfg.stabilize_every);
-        let mut fingers = tokio::time::interval(self.cfg.fix_fingers_every);
-        let mut check = tokio::time::interval(self.cfg.check_predecessor_every);
-        for t in [&mut stabilize, &mut fingers, &mut check] {
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        }
+        let node = &*self;
+        tokio::join!(
+            node.every(node.cfg.stabilize_every, || node.stabilize()),
+            node.every(node.cfg.fix_fingers_every, || node.fix_fingers()),
+            node.every(node.cfg.check_predecessor_every, || async {
+                node.check_predecessor().await;
+                node.reconcile().await;
+            }),
+        );
+    }
+
+    /// Runs `step` every `period` (later when a step overruns) until shutdown.
+    async fn every<F, Fut>(&self, period: Duration, mut step: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased: polled in order, not at random, so a seeded simulation replays.
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return,
-                _ = stabilize.tick() => self.stabilize().await,
-                _ = fingers.tick() => self.fix_fingers().await,
-                _ = check.tick() => self.check_predecessor().await,
+                _ = tick.tick() => step().await,
             }
         }
     }
@@ -226,6 +263,7 @@ impl Node {
     pub async fn run_repair(self: Arc<Self>) {
         loop {
             tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.cfg.repair_every) => {}
                 _ = self.repair_wake.notified() => {

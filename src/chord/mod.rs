@@ -3,6 +3,7 @@
 
 pub mod maintenance;
 pub mod node;
+pub mod reconcile;
 pub mod repair;
 pub mod routing;
 pub mod scrub;

@@ -78,7 +78,16 @@ pub struct Node {
     /// Wakes repair early (a new predecessor, a leave).
     pub repair_wake: Notify,
     pub leaving: AtomicBool,
+    /// Set while `join` runs: the node knows nothing of the ring yet, so it must not act
+    /// as anyone's primary (it would take writes with one copy, read keys as absent).
+    pub joining: AtomicBool,
     pub shutdown: CancellationToken,
+    /// Peers dropped as unreachable, probed again by `reconcile`.
+    // Never held across an await: taken, updated, released.
+    pub lost: Mutex<Vec<super::reconcile::Lost>>,
+    /// The address this node joined through: where it rejoins if it ends up alone
+    /// with no lost peer to probe.
+    pub joined_via: Mutex<Option<String>>,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -120,7 +129,10 @@ impl Node {
             counters: Counters::default(),
             repair_wake: Notify::new(),
             leaving: AtomicBool::new(false),
+            joining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            lost: Mutex::new(Vec::new()),
+            joined_via: Mutex::new(None),
         })
     }
 
@@ -227,12 +239,19 @@ impl Node {
         })
     }
 
-    /// True when this node is the primary for `key` as far as it knows.
+    /// True when this node is the primary for `key` as far as it knows. Without a
+    /// predecessor (it just joined, or its predecessor died) it does not know its range:
+    /// only a node alone on its ring claims every key.
     pub fn is_primary(&self, key: &Id) -> bool {
+        if self.joining.load(Ordering::Acquire) {
+            return false;
+        }
         let r = self.routing.read().expect("routing lock");
         match &r.predecessor {
             Some(p) => key.in_open_closed(&p.id, &self.me.id),
-            None => true,
+            None => {
+                r.successor().id == self.me.id && self.lost.lock().expect("lost lock").is_empty()
+            }
         }
     }
 
@@ -270,10 +289,13 @@ impl Node {
         acked
     }
 
-    /// Copies required for a write to succeed: R, or every live node when fewer.
+    /// Copies required for a write to succeed: R, or every live node when fewer. Peers
+    /// lost to timeouts count as live (they may only be cut off), so a node split from
+    /// its ring does not take writes with fewer than R copies.
     fn required_copies(&self) -> usize {
         let others = self.replica_targets().len();
-        self.cfg.replicas.min(1 + others)
+        let lost = self.lost.lock().expect("lost lock").len();
+        self.cfg.replicas.min(1 + others + lost)
     }
 
     async fn put_chunk(&self, key: Id, data: Bytes, replicate: bool) -> Response {
@@ -349,11 +371,24 @@ impl Node {
                 format!("{} is not the primary of {key}", self.me.addr),
             );
         }
-        let held = self.store.meta(&key).map(|m| m.version).unwrap_or(0);
-        if held < expect || held == 0 {
-            // New here (a join moved the range): catch up from the replicas first.
-            self.pull_record(key).await;
+        // Refuse before writing anything when R copies are out of reach (this node is
+        // cut off from its ring): a write that fails after its local step stays behind
+        // and, once the ring heals, can shadow an acknowledged write of the same version
+        // made on the other side (found by the simulation: CHORDFS_SIM_FAULTS=partitions
+        // CHORDFS_SIM_SEED=36).
+        let required = self.required_copies();
+        let reachable = 1 + self.replica_targets().len();
+        if reachable < required {
+            return Response::error(
+                ErrorKind::Unavailable,
+                format!("only {reachable} of {required} copies reachable"),
+            );
         }
+        // Catch up from the replicas first, even when the version held here matches
+        // `expect`: this node may have been down, or just taken over the range, while
+        // the replicas moved on (found by the simulation: two writes acknowledged as
+        // one version).
+        self.pull_record(key).await;
         let version = expect + 1;
         // The stripe stays locked until the replicas have answered: no other write to
         // this record can send them a different body under the same version.
@@ -428,9 +463,15 @@ impl Node {
             } => {
                 let mut r = self.routing.write().expect("routing lock");
                 if r.successor().id == peer.id {
-                    let tail: Vec<Peer> =
-                        successors.into_iter().filter(|p| p.id != peer.id).collect();
+                    // The leaver's successors, then ours: its list may be short, or name
+                    // only us (found by the simulation: CHORDFS_SIM_SEED=450, where n10
+                    // took n08's one-entry list [n10] and was left alone, unknown to all).
                     r.remove(&peer.id);
+                    let tail: Vec<Peer> = successors
+                        .into_iter()
+                        .chain(r.successors.iter().cloned())
+                        .filter(|p| p.id != peer.id && p.id != self.me.id)
+                        .collect();
                     if let Some(first) = tail.first().cloned() {
                         r.set_successors(first, &tail[1..]);
                     }
@@ -448,7 +489,12 @@ impl Node {
                 key,
                 data,
                 replicate,
-            } => self.put_chunk(key, data, replicate).await,
+            } => {
+                if self.joining.load(Ordering::Acquire) && replicate {
+                    return Response::error(ErrorKind::Unavailable, "node is joining");
+                }
+                self.put_chunk(key, data, replicate).await
+            }
             Request::GetChunk { key } => {
                 self.counters.chunk_gets.fetch_add(1, Ordering::Relaxed);
                 match self.store.get_chunk(key).await {
@@ -469,15 +515,32 @@ impl Node {
             } => {
                 match self
                     .store
-                    .put_record_if(key, version, record, |cur| version > cur)
+                    .put_record_if(key, version, record.clone(), |cur| version > cur)
                     .await
                 {
-                    Ok(_) => Response::Ok,
+                    Ok((_, true)) => Response::Ok,
+                    // Held already: fine if it is this very write (a repeat, or repair).
+                    // Otherwise another write took this version or a later one, and
+                    // this is no copy of it: say so, so the primary does not count it
+                    // towards an acknowledgement (found by the simulation: a restarted
+                    // primary with a stale version had its CAS "replicated" to replicas
+                    // holding another write of that version; CHORDFS_SIM_SEED=100).
+                    Ok((current, false)) => match self.store.get_record(key).await {
+                        Ok(Some((v, r))) if v == version && r == record => Response::Ok,
+                        _ => Response::Conflict { current },
+                    },
                     Err(e) => store_error(e),
                 }
             }
             Request::GetRecord { key, pull } => {
-                let rec = if pull && self.is_primary(&key) {
+                if pull && !self.is_primary(&key) {
+                    // Not an authoritative "absent": the caller's view is stale.
+                    return Response::error(
+                        ErrorKind::WrongNode,
+                        format!("{} is not the primary of {key}", self.me.addr),
+                    );
+                }
+                let rec = if pull {
                     self.pull_record(key).await
                 } else {
                     match self.store.get_record(key).await {

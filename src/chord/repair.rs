@@ -13,7 +13,9 @@ use crate::net::RpcError;
 use crate::proto::{Peer, Request, Response, KEYS_MAX};
 use crate::store::{EntryKind, Meta};
 use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so the throttle follows paused (simulated) time in tests.
+use tokio::time::Instant;
 
 /// What repair is doing, for the sidecar.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -184,6 +186,11 @@ impl Node {
         let mut unsettled = 0;
         let mut under = 0;
         let needed = others.len();
+        // A lookup answered while the ring is in flux can name fewer than R holders (a
+        // successor list cut short by timeouts). Dropping after fewer than R confirmed
+        // copies lets such views delete every copy, one node after another: keep ours
+        // unless R others have it (or this node is leaving anyway).
+        let may_drop = needed > 0 && (leaving || needed >= self.cfg.replicas);
         for ((key, _), c) in group.iter().zip(confirmed) {
             let copies = c + usize::from(keep_here);
             if copies < self.cfg.replicas.min(holders.len()) {
@@ -192,7 +199,7 @@ impl Node {
             if keep_here {
                 continue;
             }
-            if c >= needed && needed > 0 {
+            if may_drop && c >= needed {
                 if self.store.delete(key).is_ok() {
                     self.update_repair(|s| s.keys_dropped += 1);
                 }

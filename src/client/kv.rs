@@ -5,7 +5,9 @@ use crate::id::Id;
 use crate::net::RpcError;
 use crate::proto::{ErrorKind, Peer, Record, Request, Response};
 use bytes::Bytes;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so op timeouts follow paused (simulated) time in tests.
+use tokio::time::Instant;
 
 /// Outcome of a compare-and-set.
 #[derive(Debug, PartialEq)]

@@ -9,6 +9,10 @@
 //! Writes are atomic (temp file, fsync, rename, fsync of the directory). Every read is
 //! verified against its hash; a bad copy is removed and reported as missing, so repair
 //! fetches a good one. The in-memory index mirrors the directory and is rebuilt at start.
+//!
+//! [`Store::memory`] keeps the same files in a map instead of a directory (tests and the
+//! simulation): no disk I/O and no blocking threads, so runs stay deterministic. A write
+//! there is "durable" once it returns; keep the `Arc` to model a restart on the same disk.
 
 use crate::id::Id;
 use crate::proto::Record;
@@ -66,6 +70,9 @@ struct StoredRecord {
 
 pub struct Store {
     dir: PathBuf,
+    /// The in-memory backend: file contents by path. `None` for a real data dir.
+    // Never held across an await: every access is one map operation.
+    mem: Option<Mutex<BTreeMap<PathBuf, Bytes>>>,
     // Never held across an await: every access is a short map operation.
     index: Mutex<BTreeMap<Id, Meta>>,
     record_locks: Vec<tokio::sync::Mutex<()>>,
@@ -88,6 +95,7 @@ impl Store {
         }
         let store = Store {
             dir: dir.to_path_buf(),
+            mem: None,
             index: Mutex::new(BTreeMap::new()),
             record_locks: (0..RECORD_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -100,8 +108,60 @@ impl Store {
         Ok(Arc::new(store))
     }
 
+    /// A store that keeps its files in memory (tests and the simulation).
+    pub fn memory() -> Arc<Store> {
+        Arc::new(Store {
+            dir: PathBuf::from("/nonexistent/chordfs-memory-store"),
+            mem: Some(Mutex::new(BTreeMap::new())),
+            index: Mutex::new(BTreeMap::new()),
+            record_locks: (0..RECORD_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            tmp_seq: AtomicU64::new(0),
+            corrupt_found: AtomicU64::new(0),
+        })
+    }
+
+    pub fn is_memory(&self) -> bool {
+        self.mem.is_some()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        match &self.mem {
+            None => fs::read(path),
+            Some(m) => match m.lock().expect("mem lock").get(path) {
+                Some(b) => Ok(b.to_vec()),
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            },
+        }
+    }
+
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        match &self.mem {
+            None => fs::remove_file(path),
+            Some(m) => match m.lock().expect("mem lock").remove(path) {
+                Some(_) => Ok(()),
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            },
+        }
+    }
+
+    /// Runs a store operation off the async threads, or inline for the memory backend.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> T {
+        if self.is_memory() {
+            return f(self);
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .expect("store task panicked")
     }
 
     fn scan(&self, kind: EntryKind) -> Result<(), StoreError> {
@@ -160,6 +220,12 @@ impl Store {
 
     /// Writes `bytes` to `path` atomically and durably.
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(m) = &self.mem {
+            m.lock()
+                .expect("mem lock")
+                .insert(path.to_path_buf(), Bytes::copy_from_slice(bytes));
+            return Ok(());
+        }
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .dir
@@ -226,10 +292,8 @@ impl Store {
 
     /// Stores a chunk after checking its hash. Returns false when it was already held.
     pub async fn put_chunk(self: &Arc<Self>, key: Id, data: Bytes) -> Result<bool, StoreError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.put_chunk_blocking(key, &data))
+        self.blocking(move |s| s.put_chunk_blocking(key, &data))
             .await
-            .expect("store task panicked")
     }
 
     pub fn put_chunk_blocking(&self, key: Id, data: &[u8]) -> Result<bool, StoreError> {
@@ -256,10 +320,7 @@ impl Store {
     /// Reads and verifies a chunk. A copy whose bytes don't match is deleted and read as
     /// missing.
     pub async fn get_chunk(self: &Arc<Self>, key: Id) -> Result<Option<Bytes>, StoreError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.get_chunk_blocking(key))
-            .await
-            .expect("store task panicked")
+        self.blocking(move |s| s.get_chunk_blocking(key)).await
     }
 
     pub fn get_chunk_blocking(&self, key: Id) -> Result<Option<Bytes>, StoreError> {
@@ -268,7 +329,7 @@ impl Store {
             _ => return Ok(None),
         }
         let path = self.path_of(EntryKind::Chunk, &key);
-        let data = match fs::read(&path) {
+        let data = match self.read_file(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.forget(&key);
@@ -282,7 +343,7 @@ impl Store {
                 key.short()
             );
             self.corrupt_found.fetch_add(1, Ordering::Relaxed);
-            let _ = fs::remove_file(&path);
+            let _ = self.remove_file(&path);
             self.forget(&key);
             return Ok(None);
         }
@@ -300,7 +361,7 @@ impl Store {
         };
         let path = self.path_of(meta.kind, key);
         self.forget(key);
-        match fs::remove_file(&path) {
+        match self.remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::Io { path, source: e }),
@@ -311,10 +372,7 @@ impl Store {
         self: &Arc<Self>,
         key: Id,
     ) -> Result<Option<(u64, Record)>, StoreError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.get_record_blocking(&key))
-            .await
-            .expect("store task panicked")
+        self.blocking(move |s| s.get_record_blocking(&key)).await
     }
 
     pub fn get_record_blocking(&self, key: &Id) -> Result<Option<(u64, Record)>, StoreError> {
@@ -323,7 +381,7 @@ impl Store {
             _ => return Ok(None),
         }
         let path = self.path_of(EntryKind::Record, key);
-        match read_record_file(&path) {
+        match self.read_file(&path).map(|b| parse_record(&b)) {
             Ok(Some(r)) => Ok(Some(r)),
             Ok(None) => {
                 tracing::warn!(
@@ -331,7 +389,7 @@ impl Store {
                     key.short()
                 );
                 self.corrupt_found.fetch_add(1, Ordering::Relaxed);
-                let _ = fs::remove_file(&path);
+                let _ = self.remove_file(&path);
                 self.forget(key);
                 Ok(None)
             }
@@ -366,10 +424,8 @@ impl Store {
         version: u64,
         record: Record,
     ) -> Result<(), StoreError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.write_record_blocking(key, version, &record))
+        self.blocking(move |s| s.write_record_blocking(key, version, &record))
             .await
-            .expect("store task panicked")
     }
 
     /// Writes a record when `decide(current_version)` allows it, with no other record
@@ -421,13 +477,17 @@ impl Store {
 
 /// Reads a record file: `Ok(None)` when its checksum or body is bad.
 fn read_record_file(path: &Path) -> std::io::Result<Option<(u64, Record)>> {
-    let bytes = fs::read(path)?;
+    Ok(parse_record(&fs::read(path)?))
+}
+
+/// Decodes a record file's bytes: `None` when its checksum or body is bad.
+fn parse_record(bytes: &[u8]) -> Option<(u64, Record)> {
     if bytes.len() < 20 || Id::hash(&bytes[20..]).0[..] != bytes[..20] {
-        return Ok(None);
+        return None;
     }
-    Ok(rmp_serde::from_slice::<StoredRecord>(&bytes[20..])
+    rmp_serde::from_slice::<StoredRecord>(&bytes[20..])
         .ok()
-        .map(|s| (s.version, s.record)))
+        .map(|s| (s.version, s.record))
 }
 
 /// Total and free bytes of the filesystem holding `dir`.
@@ -497,6 +557,29 @@ mod tests {
         assert_eq!(store.get_chunk(key).await.unwrap(), None);
         assert_eq!(store.corrupt_found.load(Ordering::Relaxed), 1);
         assert!(store.meta(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_chunks_and_records() {
+        let store = Store::memory();
+        let data = Bytes::from_static(b"in memory");
+        let key = Id::hash(&data);
+        assert!(store.put_chunk(key, data.clone()).await.unwrap());
+        assert_eq!(store.get_chunk(key).await.unwrap(), Some(data));
+        let rkey = Id::hash(b"inode");
+        let (v, wrote) = store
+            .put_record_if(rkey, 1, Record::Deleted, |cur| cur == 0)
+            .await
+            .unwrap();
+        assert_eq!((v, wrote), (1, true));
+        assert_eq!(
+            store.get_record(rkey).await.unwrap(),
+            Some((1, Record::Deleted))
+        );
+        assert_eq!(store.counts().0, 1);
+        store.delete(&key).unwrap();
+        assert_eq!(store.get_chunk(key).await.unwrap(), None);
+        assert!(store.dir().read_dir().is_err(), "nothing on disk");
     }
 
     #[tokio::test]

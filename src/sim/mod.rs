@@ -1,0 +1,623 @@
+//! Deterministic simulation of a ring: many nodes in one process, on a simulated network
+//! and simulated time, driven by one seed.
+//!
+//! A run ([`run_seed`]) starts 8-12 nodes on a [`net::SimNet`], runs two client workers
+//! (chunk puts, record compare-and-sets, through the real client library) and, for 8-16
+//! simulated seconds, a random schedule of faults: joins, graceful leaves, crashes,
+//! restarts (same id, same store), message delay and loss, and partitions that heal. At
+//! most R-1 nodes are down at once. Then the faults stop, the network heals, some crashed
+//! nodes come back, and once the ring settles (bounded in simulated time) it checks:
+//! - ring: successor and predecessor pointers form one cycle through every live node, and
+//!   each successor list names the next live nodes;
+//! - lookup: from every live node, a lookup of random keys finds the first live node at or
+//!   after the key;
+//! - placement: every acknowledged chunk is held by its R rightful holders (all live nodes
+//!   when fewer), every acknowledged record at its version or newer;
+//! - reads: through a fresh client, every acknowledged chunk reads back byte-identical and
+//!   every acknowledged record at the acknowledged version or newer;
+//! - records: no two acknowledged writes of one record got the same version, and a
+//!   record read back at its acknowledged version has the acknowledged content.
+//!
+//! The record checks are excused (reported, not failed) where the design promises
+//! nothing: the first after a partition with R nodes on each side (each side has a
+//! primary for every key, and Chord has no quorum across the ring), the second after any
+//! partition (an unacknowledged write on the cut-off side can take the same version, and
+//! version ties are not broken in favour of the acknowledged write).
+//!
+//! What is simulated: the network (per-message delay, loss of requests and replies,
+//! partitions, unreachable crashed nodes: every such call times out in simulated time),
+//! node processes (a crash drops every task of the node at its next await, a restart
+//! builds a new `Node` over the same store), and the disk ([`crate::store::Store::memory`]:
+//! a write is durable once it returns, so a crash loses nothing acknowledged). The code
+//! under test is the real one: `chord::Node` (routing, maintenance, repair, leave) and
+//! the client library. Not simulated: TCP framing and authentication (`net::server`,
+//! `net::client`), disk errors and corruption, torn writes, clock skew, the FUSE and HTTP
+//! layers, and byzantine peers. Partitions are two-sided cuts among the nodes (a node
+//! started during one joins the side of the member it joins through); the clients reach
+//! every node. Leaves are not scheduled during a partition.
+//!
+//! Determinism: a current-thread tokio runtime with paused time (so simulated seconds pass
+//! at once, and tasks run in one order), one seed from which every random choice derives
+//! (node ids, the schedule, each message's delay and fate, client data), `biased` selects,
+//! ordered maps only, and tokio's clock (never `std::time::Instant`) in the code under
+//! test. Each run hashes its event log and every message's fate into a trace hash; the
+//! same seed gives the same hash.
+//!
+//! Replay a seed: `CHORDFS_SIM_SEED=<seed> cargo test --test sim -- --nocapture` prints
+//! its event log, and on failure every live node's table and the clients' record
+//! operations. `CHORDFS_SIM_WATCH=<hex prefix of a key>` prints every message about that
+//! key as it is answered; `CHORDFS_SIM_FAULTS=crashes,weather` (of joins, leaves,
+//! crashes, weather, partitions) narrows the faults, to find which kind breaks a seed.
+//! Run many: `scripts/sim.sh <SEEDS> <START>` (release build).
+//!
+//! Layout: [`net`] the network, [`cluster`] nodes and their lifecycle, [`workload`] the
+//! clients and the ledger of acknowledged writes, [`check`] the invariants; this module
+//! the scenario (bootstrap, faults, quiesce, settle, check).
+
+pub mod check;
+pub mod cluster;
+pub mod net;
+pub mod workload;
+
+use check::Checker;
+use cluster::{Cluster, Status, REPLICAS};
+use net::{fnv, NetStats, SimNet, Weather};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use workload::Ledger;
+
+/// Most schedule events in one run.
+const MAX_EVENTS: usize = 200;
+/// Most nodes a run ever starts.
+const MAX_NODES: usize = 18;
+/// Longest the ring may take to settle after the faults stop (simulated).
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// Random keys each live node looks up in the final check.
+const LOOKUP_KEYS: usize = 8;
+/// Client workers.
+const WORKERS: usize = 2;
+
+/// The kinds of fault a run may schedule (all, unless narrowed to find a culprit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faults {
+    pub joins: bool,
+    pub leaves: bool,
+    /// Crashes and restarts.
+    pub crashes: bool,
+    /// Delay and loss.
+    pub weather: bool,
+    pub partitions: bool,
+}
+
+impl Faults {
+    pub const ALL: Faults = Faults {
+        joins: true,
+        leaves: true,
+        crashes: true,
+        weather: true,
+        partitions: true,
+    };
+
+    /// Parses a comma-separated list: `joins,leaves,crashes,weather,partitions` or `all`.
+    pub fn parse(s: &str) -> Result<Faults, String> {
+        if s.trim() == "all" {
+            return Ok(Faults::ALL);
+        }
+        let mut f = Faults {
+            joins: false,
+            leaves: false,
+            crashes: false,
+            weather: false,
+            partitions: false,
+        };
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "joins" => f.joins = true,
+                "leaves" => f.leaves = true,
+                "crashes" => f.crashes = true,
+                "weather" => f.weather = true,
+                "partitions" => f.partitions = true,
+                other => return Err(format!("unknown fault kind {other:?}")),
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn name(&self) -> String {
+        if *self == Faults::ALL {
+            return "all".into();
+        }
+        let mut v = Vec::new();
+        for (on, n) in [
+            (self.joins, "joins"),
+            (self.leaves, "leaves"),
+            (self.crashes, "crashes"),
+            (self.weather, "weather"),
+            (self.partitions, "partitions"),
+        ] {
+            if on {
+                v.push(n);
+            }
+        }
+        v.join(",")
+    }
+}
+
+/// The result of one seed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub faults: Faults,
+    pub trace_hash: u64,
+    pub checks: u64,
+    pub failures: Vec<String>,
+    /// What went wrong that the design does not promise here (a split brain's records).
+    pub notes: Vec<String>,
+    pub events: Vec<String>,
+    /// Each live node's view at the end, when a check failed.
+    pub tables: Vec<String>,
+    /// The clients' record operations, when a check failed.
+    pub record_log: Vec<String>,
+    pub net: NetStats,
+    pub sim_ms: u64,
+    pub settle_ms: Option<u64>,
+    pub acked_chunks: usize,
+    pub acked_records: usize,
+    pub ops: u64,
+    pub failed_ops: u64,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The command that replays this seed.
+    pub fn replay_command(&self) -> String {
+        let faults = if self.faults == Faults::ALL {
+            String::new()
+        } else {
+            format!("CHORDFS_SIM_FAULTS={} ", self.faults.name())
+        };
+        format!(
+            "{faults}CHORDFS_SIM_SEED={} cargo test --test sim -- --nocapture",
+            self.seed
+        )
+    }
+
+    /// One line: seed, trace hash, what ran.
+    pub fn summary(&self) -> String {
+        format!(
+            "seed {} trace {:016x}: {} nodes, {} events, {} ops ({} failed), {} chunks and {} records acknowledged, {} messages ({} lost, {} cut, {} timeouts), settled in {}, {} checks, {} excused, {}",
+            self.seed,
+            self.trace_hash,
+            self.events.iter().filter(|e| e.contains(" started")).count(),
+            self.events.len(),
+            self.ops,
+            self.failed_ops,
+            self.acked_chunks,
+            self.acked_records,
+            self.net.sent,
+            self.net.lost + self.net.replies_lost,
+            self.net.cut,
+            self.net.timeouts,
+            self.settle_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "never".into()),
+            self.checks,
+            self.notes.len(),
+            if self.passed() { "ok" } else { "FAILED" },
+        )
+    }
+
+    /// What a failing seed prints: the failures, the last events, the replay command.
+    pub fn report(&self) -> String {
+        let mut out = format!("{}\n", self.summary());
+        for f in &self.failures {
+            out += &format!("  invariant failed: {f}\n");
+        }
+        for n in &self.notes {
+            out += &format!("  excused (split brain): {n}\n");
+        }
+        let skip = self.events.len().saturating_sub(60);
+        if skip > 0 {
+            out += &format!("  ... {skip} earlier events\n");
+        }
+        for e in &self.events[skip..] {
+            out += &format!("  {e}\n");
+        }
+        for l in &self.record_log {
+            if self
+                .failures
+                .iter()
+                .any(|f| f.contains(&l[l.find(" record ").unwrap_or(0) + 8..][..16]))
+            {
+                out += &format!("  {l}\n");
+            }
+        }
+        for t in &self.tables {
+            out += &format!("  {t}\n");
+        }
+        out += &format!("  replay: {}\n", self.replay_command());
+        out
+    }
+}
+
+/// Runs the scenario of `seed` on its own paused-time runtime.
+pub fn run_seed(seed: u64) -> Outcome {
+    run_seed_with(seed, Faults::ALL)
+}
+
+/// Runs the scenario of `seed` with only the given kinds of fault.
+pub fn run_seed_with(seed: u64, faults: Faults) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    rt.block_on(scenario(seed, faults))
+}
+
+fn pick<T: Copy>(rng: &mut StdRng, v: &[T]) -> Option<T> {
+    (!v.is_empty()).then(|| v[rng.random_range(0..v.len())])
+}
+
+fn addrs(cl: &Cluster, idx: &[usize]) -> Vec<String> {
+    idx.iter().map(|&i| cl.nodes[i].addr.clone()).collect()
+}
+
+/// Join targets for a new or restarting node: serving nodes, in a random order.
+fn join_via(cl: &Cluster, rng: &mut StdRng) -> Vec<String> {
+    let mut s = cl.with_status(Status::Live);
+    for k in (1..s.len()).rev() {
+        s.swap(k, rng.random_range(0..=k));
+    }
+    addrs(cl, &s)
+}
+
+/// Nodes down that may hold the only copies of something: crashed, or left without
+/// handing everything over.
+fn down(cl: &Cluster) -> usize {
+    cl.nodes
+        .iter()
+        .filter(|n| n.status == Status::Crashed || (n.status == Status::Left && n.incomplete_leave))
+        .count()
+}
+
+async fn scenario(seed: u64, faults: Faults) -> Outcome {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let net = SimNet::new(StdRng::seed_from_u64(rng.random()));
+    let mut cl = Cluster::new(seed, net.clone());
+    let started = Instant::now();
+
+    // Bootstrap: one node, then the others join through random members.
+    let initial = rng.random_range(8..=12);
+    for _ in 0..initial {
+        let i = cl.add();
+        let via = join_via(&cl, &mut rng);
+        if cl.start(i, &via).await {
+            let addr = cl.nodes[i].addr.clone();
+            cl.log(format!("{addr} started ({})", cl.nodes[i].id.short()));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..100))).await;
+    }
+    let formed = settle(&cl, None, Duration::from_secs(10)).await;
+    cl.log(match formed {
+        Some(ms) => format!("ring of {initial} formed after {ms} ms"),
+        None => format!("ring of {initial} did not form in 10 s"),
+    });
+
+    // Clients.
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let ring = join_via(&cl, &mut rng).first().cloned().unwrap_or_default();
+        workers.push(tokio::spawn(workload::worker(
+            w,
+            net.clone(),
+            ring,
+            StdRng::seed_from_u64(rng.random()),
+            ledger.clone(),
+            stop.clone(),
+        )));
+    }
+
+    // Faults.
+    chaos(&mut cl, &mut rng, faults).await;
+
+    // Quiesce: clients stop, the network heals, leaves end, some crashed nodes return.
+    stop.cancel();
+    for w in workers {
+        if tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .is_err()
+        {
+            cl.log("a client worker did not stop in 30 s");
+        }
+    }
+    net.heal();
+    net.set_weather(Weather::CALM);
+    cl.log("faults stop: network healed and calm");
+    cl.finish_leaves(Duration::from_secs(20)).await;
+    for i in cl.with_status(Status::Leaving) {
+        let addr = cl.nodes[i].addr.clone();
+        cl.log(format!("{addr} did not finish leaving in 20 s; stopped"));
+        cl.crash(i);
+    }
+    for i in cl.with_status(Status::Crashed) {
+        if rng.random_bool(0.5) {
+            let via = join_via(&cl, &mut rng);
+            if cl.start(i, &via).await {
+                let addr = cl.nodes[i].addr.clone();
+                cl.log(format!("{addr} restarted"));
+            }
+        }
+    }
+
+    // Settle, then check.
+    let ledger = Arc::try_unwrap(ledger)
+        .map(|m| m.into_inner().expect("ledger"))
+        .unwrap_or_else(|arc| std::mem::take(&mut *arc.lock().expect("ledger")));
+    let settle_ms = settle(&cl, Some(&ledger), SETTLE_LIMIT).await;
+    cl.log(match settle_ms {
+        Some(ms) => format!("settled after {ms} ms"),
+        None => format!("did not settle in {} s", SETTLE_LIMIT.as_secs()),
+    });
+    let mut c = Checker::default();
+    check::ring(&mut c, &cl);
+    check::placement(&mut c, &cl, &ledger);
+    check::acknowledgements(&mut c, &ledger, cl.split_brain);
+    let mut check_rng = StdRng::seed_from_u64(rng.random());
+    check::lookups(&mut c, &cl, &mut check_rng, LOOKUP_KEYS).await;
+    check::reads(&mut c, &cl, &ledger, cl.partitioned).await;
+    let tables = if c.ok() { Vec::new() } else { tables(&cl) };
+    let record_log = if c.ok() {
+        Vec::new()
+    } else {
+        ledger.log.clone()
+    };
+    cl.stop_all();
+
+    let sim_ms = started.elapsed().as_millis() as u64;
+    let trace_hash = fnv(cl.event_hash(), &net.trace_hash().to_le_bytes());
+    Outcome {
+        seed,
+        faults,
+        trace_hash,
+        checks: c.checks,
+        failures: c.failures,
+        notes: c.notes,
+        events: std::mem::take(&mut cl.events),
+        tables,
+        record_log,
+        net: net.stats(),
+        sim_ms,
+        settle_ms,
+        acked_chunks: ledger.chunks.len(),
+        acked_records: ledger.records.len(),
+        ops: ledger.ops,
+        failed_ops: ledger.failed_ops,
+    }
+}
+
+/// Each live node's predecessor, successors, distinct fingers and store, in ring order.
+fn tables(cl: &Cluster) -> Vec<String> {
+    check::live_ring(cl)
+        .into_iter()
+        .filter_map(|(_, i)| {
+            let node = cl.nodes[i].node.as_ref()?;
+            let r = node.snapshot();
+            let name = |p: &crate::proto::Peer| p.addr.clone();
+            let (chunks, records, _) = node.store.counts();
+            let repair = node.repair.lock().expect("repair lock").clone();
+            let lost: Vec<String> = node
+                .lost
+                .lock()
+                .expect("lost lock")
+                .iter()
+                .map(|l| l.peer.addr.clone())
+                .collect();
+            Some(format!(
+                "{} {}: predecessor {:?}, successors {:?}, fingers {:?}, lost {lost:?}, {chunks} chunks, {records} records, repair passes {} last error {:?}",
+                cl.nodes[i].addr,
+                node.me.id.short(),
+                r.predecessor.as_ref().map(name),
+                r.successors.iter().map(name).collect::<Vec<_>>(),
+                r.distinct_fingers().iter().map(|(_, p)| name(p)).collect::<Vec<_>>(),
+                repair.passes,
+                repair.last_error,
+            ))
+        })
+        .collect()
+}
+
+/// Polls of the settle check that must pass in a row (a second of simulated time), so a
+/// reply lost just before the network calmed cannot undo the state being checked.
+const SETTLED_POLLS: u32 = 4;
+
+/// Waits until the ring (and, given a ledger, data placement) checks pass for
+/// [`SETTLED_POLLS`] polls in a row; returns when they began to pass, in simulated ms
+/// from the call, or None when `limit` ran out.
+async fn settle(cl: &Cluster, ledger: Option<&Ledger>, limit: Duration) -> Option<u64> {
+    let start = Instant::now();
+    let mut since: Option<u64> = None;
+    let mut passes = 0;
+    loop {
+        let mut c = Checker::default();
+        check::ring(&mut c, cl);
+        if let Some(l) = ledger {
+            check::placement(&mut c, cl, l);
+        }
+        if c.ok() {
+            passes += 1;
+            since.get_or_insert(start.elapsed().as_millis() as u64);
+            if passes >= SETTLED_POLLS {
+                return since;
+            }
+        } else {
+            passes = 0;
+            since = None;
+        }
+        if start.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    Join,
+    Leave,
+    Crash,
+    Restart,
+    Weather,
+    Partition,
+}
+
+const FAULTS: [(Fault, u32); 6] = [
+    (Fault::Join, 2),
+    (Fault::Leave, 1),
+    (Fault::Crash, 2),
+    (Fault::Restart, 2),
+    (Fault::Weather, 2),
+    (Fault::Partition, 1),
+];
+
+fn weather(rng: &mut StdRng) -> Weather {
+    match rng.random_range(0..4) {
+        0 => Weather::CALM,
+        1 => Weather {
+            delay_ms: (5, 60),
+            loss: 0.0,
+        },
+        2 => Weather {
+            delay_ms: (1, 20),
+            loss: 0.05,
+        },
+        _ => Weather {
+            delay_ms: (10, 150),
+            loss: 0.2,
+        },
+    }
+}
+
+/// The fault schedule: random events every 100-700 simulated ms for 8-16 s.
+async fn chaos(cl: &mut Cluster, rng: &mut StdRng, faults: Faults) {
+    let until = Instant::now() + Duration::from_millis(rng.random_range(8_000..16_000));
+    let mut heal_at: Option<Instant> = None;
+    let total: u32 = FAULTS.iter().map(|(_, w)| w).sum();
+    for _ in 0..MAX_EVENTS {
+        if Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..700))).await;
+        cl.reap_leaves();
+        if heal_at.is_some_and(|t| Instant::now() >= t) {
+            cl.net.heal();
+            heal_at = None;
+            cl.log("partition healed");
+        }
+        let mut roll = rng.random_range(0..total);
+        let mut fault = Fault::Weather;
+        for (f, w) in FAULTS {
+            if roll < w {
+                fault = f;
+                break;
+            }
+            roll -= w;
+        }
+        let live = cl.with_status(Status::Live);
+        let allowed = match fault {
+            Fault::Join => faults.joins,
+            Fault::Leave => faults.leaves,
+            Fault::Crash | Fault::Restart => faults.crashes,
+            Fault::Weather => faults.weather,
+            Fault::Partition => faults.partitions,
+        };
+        if !allowed {
+            continue;
+        }
+        match fault {
+            Fault::Join if cl.nodes.len() < MAX_NODES => {
+                let i = cl.add();
+                let via = join_via(cl, rng);
+                if cl.start(i, &via).await {
+                    let addr = cl.nodes[i].addr.clone();
+                    cl.log(format!("{addr} started ({})", cl.nodes[i].id.short()));
+                }
+            }
+            Fault::Leave if live.len() > 4 && heal_at.is_none() => {
+                let i = pick(rng, &live).expect("live nodes");
+                let addr = cl.nodes[i].addr.clone();
+                cl.log(format!("{addr} leaving"));
+                cl.begin_leave(i);
+            }
+            Fault::Crash if live.len() > 3 && down(cl) < REPLICAS - 1 => {
+                let i = pick(rng, &live).expect("live nodes");
+                let addr = cl.nodes[i].addr.clone();
+                cl.crash(i);
+                cl.log(format!("{addr} crashed"));
+            }
+            Fault::Restart => {
+                if let Some(i) = pick(rng, &cl.with_status(Status::Crashed)) {
+                    let via = join_via(cl, rng);
+                    let addr = cl.nodes[i].addr.clone();
+                    if cl.start(i, &via).await {
+                        cl.log(format!("{addr} restarted"));
+                    }
+                }
+            }
+            Fault::Weather => {
+                let w = weather(rng);
+                cl.net.set_weather(w);
+                cl.log(format!(
+                    "weather: delay {}-{} ms, loss {}",
+                    w.delay_ms.0, w.delay_ms.1, w.loss
+                ));
+            }
+            Fault::Partition if heal_at.is_none() && live.len() >= 4 => {
+                let serving = cl.serving();
+                let mut side: Vec<usize> = Vec::new();
+                if rng.random_bool(0.5) {
+                    side.push(pick(rng, &serving).expect("serving nodes"));
+                } else {
+                    for &i in &serving {
+                        if rng.random_bool(0.5) {
+                            side.push(i);
+                        }
+                    }
+                }
+                let other: Vec<usize> = serving
+                    .iter()
+                    .copied()
+                    .filter(|i| !side.contains(i))
+                    .collect();
+                if side.is_empty() || other.is_empty() {
+                    continue;
+                }
+                let ms = rng.random_range(300..3_000);
+                heal_at = Some(Instant::now() + Duration::from_millis(ms));
+                let (a, b) = (addrs(cl, &side), addrs(cl, &other));
+                cl.net.partition(&[a.clone(), b.clone()]);
+                let both = a.len() >= REPLICAS && b.len() >= REPLICAS;
+                cl.split_brain |= both;
+                cl.partitioned = true;
+                cl.log(format!(
+                    "partition {a:?} | {b:?} for {ms} ms{}",
+                    if both {
+                        " (split brain: both sides take writes)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            _ => {}
+        }
+    }
+}
