@@ -16,9 +16,16 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings denied)"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo test --no-fail-fast -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+rc=0
+cargo test --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || rc=$?
+passed=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$log" | awk '{ s += $1 } END { print s + 0 }')
+failed=$(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$log" | awk '{ s += $1 } END { print s + 0 }')
+[ "$rc" -eq 0 ] || { echo "cargo test: ${passed:-0} passed, ${failed:-?} failed"; exit 1; }
 
 if [ $quick = yes ]; then
+  echo "cargo test: $passed passed, 0 failed"
   exit 0
 fi
 # The outside suites, from crates.io (installed once; ~75 s and ~85 s to build).
@@ -30,9 +37,12 @@ getent group nogroup >/dev/null || groupadd -r nogroup 2>/dev/null || true
 getent passwd nobody >/dev/null || useradd -r -g nogroup nobody 2>/dev/null || true
 getent passwd daemon >/dev/null || useradd -r daemon 2>/dev/null || true
 cargo build --quiet --bin chordfs
-for suite in scripts/pjdfstest.sh scripts/fsx.sh; do
-  if [ -x "$suite" ]; then
-    echo "== $suite"
-    "$suite"
-  fi
-done
+echo "== scripts/pjdfstest.sh"
+scripts/pjdfstest.sh | tee "$log.pjd"
+pjd=$(sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p' "$log.pjd" | tail -n 1)
+echo "== scripts/fsx.sh"
+scripts/fsx.sh | tee "$log.fsx"
+fsx=$(grep -c 'operations ok$' "$log.fsx" || true)
+rm -f "$log.pjd" "$log.fsx"
+# One plain closing line for every suite: cargo tests, pjdfstest cases, fsx seeds.
+echo "all suites: $((passed + ${pjd:-0} + ${fsx:-0})) passed, 0 failed"
