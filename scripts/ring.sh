@@ -37,6 +37,17 @@ wait_for() { # wait_for SECONDS CMD...: poll until CMD succeeds
   return 1
 }
 
+settled() { # settled N: every node's successor list is as long as the ring allows
+  python3 -c '
+import json, sys, urllib.request
+base, n = int(sys.argv[1]), int(sys.argv[2])
+for k in range(n):
+    with urllib.request.urlopen(f"http://127.0.0.1:{base + 80 + k}/status", timeout=2) as r:
+        if len(json.load(r)["successors"]) < min(n - 1, 8):
+            sys.exit(1)
+' "$base" "$1"
+}
+
 start() {
   local n=${1:-3}
   build
@@ -60,6 +71,11 @@ start() {
       exit 1
     fi
   done
+  # Mount only once every node's successor list is complete, so the first writes
+  # already find R live replicas.
+  if ! wait_for 30 settled "$n"; then
+    echo "warning: the ring has not settled after 30 s; mounting anyway" >&2
+  fi
   mkdir -p "$mnt"
   if ! grep -qs " $mnt fuse" /proc/mounts; then
     "$bin" mount --ring "127.0.0.1:$base" "$mnt"
