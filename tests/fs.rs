@@ -462,9 +462,11 @@ fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
 fn mount_command_reports_failures_and_unmounts_cleanly() {
     // An unreachable ring: a clear message and a non-zero exit.
     let tmp = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["mount", "--ring", "127.0.0.1:1"])
         .arg(tmp.path())
+        .env("CHORDFS_MOUNT_LOG", logs.path().join("mount.log"))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -474,6 +476,7 @@ fn mount_command_reports_failures_and_unmounts_cleanly() {
     let out = Command::new(BIN)
         .args(["mount", "--ring", "127.0.0.1:1", "-o", "bogus"])
         .arg(tmp.path())
+        .env("CHORDFS_MOUNT_LOG", logs.path().join("mount.log"))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -525,6 +528,7 @@ fn mount_command_reports_failures_and_unmounts_cleanly() {
         .arg(dir.path())
         .args(["-o", "chunk_size=65536"])
         .env("CHORDFS_BIN", BIN)
+        .env("CHORDFS_MOUNT_LOG", logs.path().join("helper-mount.log"))
         .status()
         .unwrap();
     assert!(st.success());

@@ -156,6 +156,8 @@ impl Mount {
         std::fs::create_dir(&dir).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["mount", "--ring", ring]).arg(&dir);
+        // The background mount's log goes with the test's temp dir, not /tmp.
+        cmd.env("CHORDFS_MOUNT_LOG", tmp.path().join("mount.log"));
         if !opts.is_empty() {
             cmd.args(["-o", opts]);
         }
