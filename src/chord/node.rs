@@ -314,7 +314,7 @@ impl Node {
         let required = self.required_copies();
         // The local copy and the replicas' are written at once: one fsync latency, not two.
         let (local, more) = tokio::join!(
-            self.store.put_chunk(key, data.clone()),
+            self.store.put_checked_chunk(key, data.clone()),
             self.replicate(required - 1, || Request::PutChunk {
                 key,
                 data: data.clone(),

@@ -76,7 +76,7 @@ impl Throttle {
 }
 
 impl Node {
-    fn update_repair(&self, f: impl FnOnce(&mut RepairStatus)) {
+    pub(super) fn update_repair(&self, f: impl FnOnce(&mut RepairStatus)) {
         f(&mut self.repair.lock().expect("repair lock"));
     }
 

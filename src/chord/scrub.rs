@@ -23,7 +23,7 @@ impl Node {
             let cursor = self.repair.lock().expect("repair lock").scrub_cursor;
             let batch = self.store.keys_after(cursor, SCRUB_BATCH);
             if batch.is_empty() {
-                self.update_scrub(|s| {
+                self.update_repair(|s| {
                     s.scrub_cursor = None;
                     s.scrub_passes += 1;
                 });
@@ -38,7 +38,7 @@ impl Node {
                     tracing::warn!("scrub: cannot read {}", key.short());
                 }
                 spent += meta.size;
-                self.update_scrub(|s| {
+                self.update_repair(|s| {
                     s.scrub_cursor = Some(key);
                     s.scrubbed_keys += 1;
                     s.scrubbed_bytes += meta.size;
@@ -55,10 +55,6 @@ impl Node {
             self.repair_wake.notify_one();
         }
         dropped
-    }
-
-    fn update_scrub(&self, f: impl FnOnce(&mut super::repair::RepairStatus)) {
-        f(&mut self.repair.lock().expect("repair lock"));
     }
 }
 

@@ -301,6 +301,21 @@ impl Store {
         if actual != key {
             return Err(StoreError::HashMismatch { key, actual });
         }
+        self.store_chunk_blocking(key, data)
+    }
+
+    /// Stores a chunk whose bytes the caller has just checked against `key` (a primary
+    /// checks once, before it forwards the chunk, and need not hash it again here).
+    pub async fn put_checked_chunk(
+        self: &Arc<Self>,
+        key: Id,
+        data: Bytes,
+    ) -> Result<bool, StoreError> {
+        self.blocking(move |s| s.store_chunk_blocking(key, &data))
+            .await
+    }
+
+    fn store_chunk_blocking(&self, key: Id, data: &[u8]) -> Result<bool, StoreError> {
         if self.meta(&key).is_some() {
             return Ok(false);
         }
