@@ -18,15 +18,16 @@ use crate::id::Id;
 use crate::proto::Record;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Record writes are serialized per stripe, so a compare-and-set sees no interleaving.
-const RECORD_LOCK_STRIPES: usize = 64;
+/// Size of the record lock map at which entries nobody holds are dropped.
+const RECORD_LOCKS_SWEEP_AT: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,6 +61,10 @@ pub struct Meta {
     pub size: u64,
     /// Record version; 0 for chunks.
     pub version: u64,
+    /// A chunk whose bytes this process wrote after checking them, or read back and
+    /// checked: ordinary reads of it skip the hash (the reader checks it again anyway,
+    /// and reports a bad copy; the scrubber re-checks everything).
+    pub verified: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,7 +80,11 @@ pub struct Store {
     mem: Option<Mutex<BTreeMap<PathBuf, Bytes>>>,
     // Never held across an await: every access is a short map operation.
     index: Mutex<BTreeMap<Id, Meta>>,
-    record_locks: Vec<tokio::sync::Mutex<()>>,
+    /// One lock per record key being written (not stripes: a primary holds its key's
+    /// lock while its replicas take theirs, and two primaries replicating two keys that
+    /// shared a stripe to each other would wait on each other until their calls timed
+    /// out). Entries nobody holds are swept as the map grows.
+    record_locks: Mutex<HashMap<Id, Weak<tokio::sync::Mutex<()>>>>,
     tmp_seq: AtomicU64,
     /// Bad copies found and dropped since start.
     pub corrupt_found: AtomicU64,
@@ -97,9 +106,7 @@ impl Store {
             dir: dir.to_path_buf(),
             mem: None,
             index: Mutex::new(BTreeMap::new()),
-            record_locks: (0..RECORD_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            record_locks: Mutex::new(HashMap::new()),
             tmp_seq: AtomicU64::new(0),
             corrupt_found: AtomicU64::new(0),
         };
@@ -114,9 +121,7 @@ impl Store {
             dir: PathBuf::from("/nonexistent/chordfs-memory-store"),
             mem: Some(Mutex::new(BTreeMap::new())),
             index: Mutex::new(BTreeMap::new()),
-            record_locks: (0..RECORD_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
+            record_locks: Mutex::new(HashMap::new()),
             tmp_seq: AtomicU64::new(0),
             corrupt_found: AtomicU64::new(0),
         })
@@ -185,6 +190,7 @@ impl Store {
                             kind,
                             size: m.len(),
                             version: 0,
+                            verified: false,
                         },
                         Err(_) => continue,
                     },
@@ -195,6 +201,7 @@ impl Store {
                             kind,
                             size: f.metadata().map(|m| m.len()).unwrap_or(0),
                             version,
+                            verified: false,
                         },
                         _ => {
                             tracing::warn!("dropping unreadable record {}", f.path().display());
@@ -327,22 +334,39 @@ impl Store {
                 kind: EntryKind::Chunk,
                 size: data.len() as u64,
                 version: 0,
+                verified: true,
             },
         );
         Ok(true)
     }
 
-    /// Reads and verifies a chunk. A copy whose bytes don't match is deleted and read as
-    /// missing.
+    /// Reads a chunk, checking its hash unless this process already has (see
+    /// [`Meta::verified`]). A copy whose bytes don't match is deleted and read as missing.
     pub async fn get_chunk(self: &Arc<Self>, key: Id) -> Result<Option<Bytes>, StoreError> {
-        self.blocking(move |s| s.get_chunk_blocking(key)).await
+        self.blocking(move |s| s.read_chunk_blocking(key, false))
+            .await
+    }
+
+    /// Reads a chunk and always checks its hash (the scrubber; a reader's report of a bad
+    /// copy).
+    pub async fn check_chunk(self: &Arc<Self>, key: Id) -> Result<Option<Bytes>, StoreError> {
+        self.blocking(move |s| s.read_chunk_blocking(key, true))
+            .await
     }
 
     pub fn get_chunk_blocking(&self, key: Id) -> Result<Option<Bytes>, StoreError> {
-        match self.meta(&key) {
-            Some(m) if m.kind == EntryKind::Chunk => {}
+        self.read_chunk_blocking(key, true)
+    }
+
+    fn read_chunk_blocking(
+        &self,
+        key: Id,
+        always_check: bool,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let verified = match self.meta(&key) {
+            Some(m) if m.kind == EntryKind::Chunk => m.verified,
             _ => return Ok(None),
-        }
+        };
         let path = self.path_of(EntryKind::Chunk, &key);
         let data = match self.read_file(&path) {
             Ok(d) => d,
@@ -352,6 +376,9 @@ impl Store {
             }
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
+        if verified && !always_check {
+            return Ok(Some(Bytes::from(data)));
+        }
         if Id::hash(&data) != key {
             tracing::warn!(
                 "chunk {} is corrupt on disk; dropping it for repair",
@@ -361,6 +388,9 @@ impl Store {
             let _ = self.remove_file(&path);
             self.forget(&key);
             return Ok(None);
+        }
+        if let Some(m) = self.index.lock().expect("index lock").get_mut(&key) {
+            m.verified = true;
         }
         Ok(Some(Bytes::from(data)))
     }
@@ -419,9 +449,22 @@ impl Store {
     /// Holds the record stripe of `key`: no other record write to it happens meanwhile.
     /// A primary keeps it across its compare-and-set and the copies it sends, so that
     /// replicas never receive two different bodies under one version.
-    pub async fn lock_record(&self, key: &Id) -> tokio::sync::MutexGuard<'_, ()> {
-        let stripe = key.0[19] as usize % RECORD_LOCK_STRIPES;
-        self.record_locks[stripe].lock().await
+    pub async fn lock_record(&self, key: &Id) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.record_locks.lock().expect("record locks");
+            match locks.get(key).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    if locks.len() >= RECORD_LOCKS_SWEEP_AT {
+                        locks.retain(|_, l| l.strong_count() > 0);
+                    }
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(*key, Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 
     /// The version of the record held under `key` (0: none).
@@ -484,6 +527,7 @@ impl Store {
                 kind: EntryKind::Record,
                 size: bytes.len() as u64,
                 version,
+                verified: false,
             },
         );
         Ok(())
@@ -562,16 +606,60 @@ mod tests {
         ));
         drop(store);
 
+        // Flip a byte on disk while no store is open: the first read after opening
+        // checks the hash, drops the copy and reports it missing.
+        let path = dir
+            .path()
+            .join("chunks")
+            .join(&key.to_hex()[..2])
+            .join(key.to_hex());
+        let flip = |path: &Path| {
+            let mut bytes = fs::read(path).unwrap();
+            bytes[0] ^= 1;
+            fs::write(path, bytes).unwrap();
+        };
+        flip(&path);
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.get_chunk(key).await.unwrap(), Some(data));
-        // Flip a byte on disk: the read notices, drops the copy and reports it missing.
-        let path = store.path_of(EntryKind::Chunk, &key);
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[0] ^= 1;
-        fs::write(&path, bytes).unwrap();
         assert_eq!(store.get_chunk(key).await.unwrap(), None);
         assert_eq!(store.corrupt_found.load(Ordering::Relaxed), 1);
         assert!(store.meta(&key).is_none());
+
+        // Stored again, then it goes bad under a running store: ordinary reads serve it
+        // unhashed (their reader checks), a check finds it and drops it.
+        assert!(store.put_chunk(key, data.clone()).await.unwrap());
+        assert_eq!(store.get_chunk(key).await.unwrap(), Some(data.clone()));
+        flip(&path);
+        assert_eq!(store.check_chunk(key).await.unwrap(), None);
+        assert_eq!(store.corrupt_found.load(Ordering::Relaxed), 2);
+        assert!(store.meta(&key).is_none());
+        assert_eq!(store.get_chunk(key).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn record_locks_are_per_key() {
+        use futures::FutureExt;
+        let store = Store::memory();
+        // Two keys that shared a lock stripe before (same last byte): holding one must
+        // not hold the other, or two primaries replicating them to each other deadlock.
+        let mut a = [7u8; 20];
+        let mut b = [9u8; 20];
+        a[19] = 3;
+        b[19] = 3;
+        let (a, b) = (Id(a), Id(b));
+        let held = store.lock_record(&a).await;
+        assert!(
+            store.lock_record(&b).now_or_never().is_some(),
+            "b waited on a"
+        );
+        assert!(
+            store.lock_record(&a).now_or_never().is_none(),
+            "a taken twice"
+        );
+        drop(held);
+        assert!(
+            store.lock_record(&a).now_or_never().is_some(),
+            "a not released"
+        );
     }
 
     #[tokio::test]
