@@ -503,6 +503,20 @@ impl Node {
                     Err(e) => store_error(e),
                 }
             }
+            Request::CheckChunk { key } => {
+                let held = self.store.meta(&key).is_some();
+                match self.store.check_chunk(key).await {
+                    Ok(Some(_)) => Response::Ok,
+                    Ok(None) => {
+                        if held {
+                            // It was bad and is gone: bring a good copy back.
+                            self.repair_wake.notify_one();
+                        }
+                        Response::NotFound
+                    }
+                    Err(e) => store_error(e),
+                }
+            }
             Request::CasRecord {
                 key,
                 expect,

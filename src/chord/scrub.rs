@@ -31,7 +31,7 @@ impl Node {
             }
             for (key, meta) in batch {
                 let ok = match meta.kind {
-                    EntryKind::Chunk => self.store.get_chunk(key).await.is_ok(),
+                    EntryKind::Chunk => self.store.check_chunk(key).await.is_ok(),
                     EntryKind::Record => self.store.get_record(key).await.is_ok(),
                 };
                 if !ok {

@@ -100,6 +100,9 @@ impl Client {
                             return Ok(data);
                         }
                         last = format!("{} sent a copy that fails its hash", peer.addr);
+                        // The node serves copies it checked once without hashing them
+                        // again: tell it, so it checks the disk and repairs.
+                        let _ = self.call(&peer, Request::CheckChunk { key: *key }).await;
                     }
                     Ok(Response::NotFound) => {}
                     Ok(other) => last = format!("{} answered {other:?}", peer.addr),
@@ -202,7 +205,10 @@ impl Client {
             };
             match self.call(&primary, req).await {
                 Ok(Response::Stored { .. }) => return Ok(Cas::Done(expect + 1)),
-                Ok(Response::Conflict { current }) => return Ok(Cas::Conflict(current)),
+                Ok(Response::Conflict { current }) => {
+                    tracing::debug!(key = %key.short(), expect, current, attempt, "cas conflict");
+                    return Ok(Cas::Conflict(current));
+                }
                 Ok(other) => last = format!("{} answered {other:?}", primary.addr),
                 Err(e) => {
                     if e.is_unreachable() {
@@ -211,6 +217,7 @@ impl Client {
                     last = e.to_string();
                 }
             }
+            tracing::debug!(key = %key.short(), attempt, "cas retry: {last}");
             self.backoff(started, attempt, &format!("record {}", key.short()), &last)
                 .await?;
         }

@@ -67,6 +67,11 @@ pub enum Request {
     GetChunk {
         key: Id,
     },
+    /// A reader got a copy of `key` from this node that fails its hash: check the copy on
+    /// disk, and drop it for repair when it is bad.
+    CheckChunk {
+        key: Id,
+    },
     /// Compare-and-set a record at the key's primary: succeeds when the current version
     /// equals `expect` (0 = absent); the new version is `expect + 1`.
     CasRecord {
@@ -201,7 +206,25 @@ impl Response {
     }
 }
 
+impl Response {
+    /// Bytes of bulk data carried (to size the frame buffer).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Response::Chunk(d) => d.len(),
+            _ => 0,
+        }
+    }
+}
+
 impl Request {
+    /// Bytes of bulk data carried (to size the frame buffer).
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Request::PutChunk { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+
     /// Reject fields out of bounds before acting on them.
     pub fn validate(&self) -> Result<(), String> {
         match self {

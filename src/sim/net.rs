@@ -133,6 +133,7 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::Leave { .. } => "Leave",
         Request::PutChunk { .. } => "PutChunk",
         Request::GetChunk { .. } => "GetChunk",
+        Request::CheckChunk { .. } => "CheckChunk",
         Request::CasRecord { .. } => "CasRecord",
         Request::PutRecordCopy { .. } => "PutRecordCopy",
         Request::GetRecord { .. } => "GetRecord",
