@@ -28,7 +28,7 @@ pub use ring::RingView;
 /// here, with 4x less read-modify-write for small random writes (README).
 pub const DEFAULT_CHUNK_BYTES: u32 = 256 * 1024;
 /// Chunks uploaded or fetched at once by one stream.
-pub const DEFAULT_PARALLEL_CHUNKS: usize = 8;
+pub const DEFAULT_PARALLEL_CHUNKS: usize = 16;
 /// Default size of the client's chunk cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// The ring address when neither `--ring` nor `$CHORDFS_RING` says otherwise.

@@ -170,7 +170,8 @@ impl Pool {
         let fut = async {
             let conn = self.conn(addr).await?;
             let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-            let frame = codec::encode(id, &req).map_err(|e| RpcError::Codec(e.to_string()))?;
+            let frame = codec::encode_sized(id, &req, req.payload_len())
+                .map_err(|e| RpcError::Codec(e.to_string()))?;
             let (tx, rx) = oneshot::channel();
             conn.pending.lock().expect("pending lock").insert(id, tx);
             let guard = PendingGuard {

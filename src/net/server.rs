@@ -156,7 +156,7 @@ async fn serve_connection<H: Handler>(
 }
 
 async fn reply(tx: &mpsc::Sender<Bytes>, id: u64, resp: &Response) {
-    let frame = match codec::encode(id, resp) {
+    let frame = match codec::encode_sized(id, resp, resp.payload_len()) {
         Ok(f) => f,
         Err(e) => match codec::encode(id, &Response::error(ErrorKind::Internal, e.to_string())) {
             Ok(f) => f,

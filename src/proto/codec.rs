@@ -28,7 +28,14 @@ pub fn framing() -> LengthDelimitedCodec {
 }
 
 pub fn encode<T: Serialize>(id: u64, body: &T) -> Result<Bytes, CodecError> {
-    let bytes = rmp_serde::to_vec(&Envelope { id, body })?;
+    encode_sized(id, body, 0)
+}
+
+/// Encodes into a buffer sized for `payload` bytes of data up front, so a chunk is
+/// copied into the frame once instead of through a series of growing buffers.
+pub fn encode_sized<T: Serialize>(id: u64, body: &T, payload: usize) -> Result<Bytes, CodecError> {
+    let mut bytes = Vec::with_capacity(payload + 128);
+    rmp_serde::encode::write(&mut bytes, &Envelope { id, body })?;
     if bytes.len() > FRAME_MAX_BYTES {
         return Err(CodecError::TooLarge(bytes.len()));
     }
