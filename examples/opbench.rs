@@ -50,6 +50,7 @@ async fn main() {
                 &root.id,
                 &format!("opbench-{i}-{}", Id::random().short()),
                 ino,
+                None,
             )
             .await
             .unwrap();

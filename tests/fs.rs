@@ -546,3 +546,92 @@ fn mount_command_reports_failures_and_unmounts_cleanly() {
     ok(Command::new("umount").arg(dir.path()));
     assert!(!fsutil::is_mounted(dir.path()));
 }
+
+/// Chunk files stored on all nodes of a ring.
+fn chunk_files(ring: &Ring) -> usize {
+    ring.nodes
+        .iter()
+        .map(|n| {
+            let top = n.dir.join("chunks");
+            fs::read_dir(&top)
+                .map(|subs| {
+                    subs.flatten()
+                        .map(|s| fs::read_dir(s.path()).map(|f| f.count()).unwrap_or(0))
+                        .sum::<usize>()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn small_files_live_in_their_record_and_grow_into_chunks() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    let before = chunk_files(&ring);
+    let small = pattern(4096, 1);
+    fs::write(a.path("s"), &small).unwrap();
+    assert_eq!(fs::read(b.path("s")).unwrap(), small);
+    assert_eq!(chunk_files(&ring), before, "a 4 KiB file took a chunk");
+    let local = tempfile::tempdir().unwrap();
+    let back = local.path().join("s");
+    ok(Command::new(BIN)
+        .args(["get", "--ring", ring.addr(), "/s"])
+        .arg(&back)
+        .stderr(Stdio::null()));
+    assert!(
+        fs::read(&back).unwrap() == small,
+        "the CLI reads the small file"
+    );
+
+    // Every step on mount a, checked through mount b (close-to-open) against a model.
+    let mut model = small.clone();
+    let check = |model: &[u8], what: &str| {
+        let seen = fs::read(b.path("s")).unwrap();
+        assert!(
+            seen == model,
+            "{what}: {} bytes, want {}",
+            seen.len(),
+            model.len()
+        );
+    };
+    // Grows past a chunk: the first chunk's bytes must survive the move out of the record.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("s"))
+        .unwrap();
+    let tail = pattern(CHUNK * 2, 2);
+    f.seek(SeekFrom::Start(CHUNK as u64 + 10)).unwrap();
+    f.write_all(&tail).unwrap();
+    drop(f);
+    model.resize(CHUNK + 10, 0);
+    model.extend_from_slice(&tail);
+    check(&model, "grown past a chunk");
+    assert!(chunk_files(&ring) > before, "a big file keeps chunks");
+    // Cut back to small: into the record again.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("s"))
+        .unwrap();
+    f.set_len(100).unwrap();
+    drop(f);
+    model.truncate(100);
+    check(&model, "truncated to 100 bytes");
+    // Sparse growth and a write in the middle of a small file.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(a.path("s"))
+        .unwrap();
+    f.set_len(9000).unwrap();
+    f.seek(SeekFrom::Start(5000)).unwrap();
+    f.write_all(b"middle").unwrap();
+    drop(f);
+    model.resize(9000, 0);
+    model[5000..5006].copy_from_slice(b"middle");
+    check(&model, "sparse small file");
+    // Read back on the writing mount too, and after a remount (no cache at all).
+    assert_eq!(fs::read(a.path("s")).unwrap(), model);
+    drop(a);
+    let c = small_chunks(&ring);
+    assert_eq!(fs::read(c.path("s")).unwrap(), model);
+}

@@ -90,6 +90,15 @@ impl Client {
             return Ok(Bytes::new());
         }
         let len = (inode.size - start).min(cb) as usize;
+        if let Some(data) = &inode.inline {
+            // A small file's content, in its record: only the first chunk has bytes.
+            let mut v = vec![0u8; len];
+            if index == 0 {
+                let n = data.len().min(len);
+                v[..n].copy_from_slice(&data[..n]);
+            }
+            return Ok(Bytes::from(v));
+        }
         let key = inode.chunks.get(index).copied().unwrap_or(Id::ZERO);
         if key == Id::ZERO {
             return Ok(Bytes::from(vec![0u8; len]));
@@ -181,6 +190,7 @@ impl Client {
                 return Err(ClientError::IsDir(name.to_string()));
             }
             ino.chunks = chunks.clone();
+            ino.inline = None;
             ino.size = size;
             ino.chunk_bytes = chunk_bytes;
             ino.mtime = now;
@@ -200,7 +210,10 @@ impl Client {
             }
             let mut ino = Inode::new(Kind::File, mode, uid, gid, parent.id, chunk_bytes);
             set_content(&mut ino)?;
-            match self.create_child(&parent.id, name, ino).await {
+            match self
+                .create_child(&parent.id, name, ino, Some(parent.clone()))
+                .await
+            {
                 Ok(r) => return Ok(r),
                 // Another writer created it meanwhile: give that file our content.
                 Err(ClientError::Exists(_)) => continue,

@@ -122,6 +122,34 @@ impl Client {
         Err(ClientError::Contended(format!("inode {}", id.short())))
     }
 
+    /// Like [`Client::update_inode`], but first tries `known`, a copy of the record the
+    /// caller already holds, so an uncontended update is one write and no read. A
+    /// conflict, or `change` refusing the copy, falls back to the newest version.
+    pub async fn update_inode_from<T>(
+        &self,
+        known: Option<InodeRef>,
+        id: &Id,
+        mut change: impl FnMut(&mut Inode) -> Result<T>,
+    ) -> Result<(T, InodeRef)> {
+        if let Some(cur) = known.filter(|k| k.id == *id && k.version > 0) {
+            let mut inode = cur.inode;
+            if let Ok(out) = change(&mut inode) {
+                let rec = Record::Inode(Box::new(inode.clone()));
+                if let Cas::Done(version) = self.cas_record(id, cur.version, rec).await? {
+                    return Ok((
+                        out,
+                        InodeRef {
+                            id: *id,
+                            version,
+                            inode,
+                        },
+                    ));
+                }
+            }
+        }
+        self.update_inode(id, change).await
+    }
+
     /// Writes a tombstone for an inode nothing refers to any more.
     pub async fn delete_inode(&self, id: &Id) -> Result<()> {
         for _ in 0..CAS_ATTEMPTS {
@@ -177,7 +205,10 @@ impl Client {
                 Some(e) => self.get_inode(&e.id).await?,
                 None => {
                     let dir = Inode::new(Kind::Dir, 0o755, uid, gid, cur.id, 0);
-                    match self.create_child(&cur.id, name, dir).await {
+                    match self
+                        .create_child(&cur.id, name, dir, Some(cur.clone()))
+                        .await
+                    {
                         Ok(r) => r,
                         Err(ClientError::Exists(_)) => {
                             let again = self.get_inode(&cur.id).await?;
@@ -204,49 +235,72 @@ impl Client {
 
     /// Creates `inode` under a fresh id and links it as `parent/name`. Fails with
     /// `Exists` when the name is taken (the new inode is then removed again).
+    ///
+    /// `known_parent` is the caller's copy of the parent directory, if it has one (see
+    /// [`Client::update_inode_from`]). The inode and the name are written at once, so a
+    /// create takes one write's latency. A name is only ever left pointing at nothing
+    /// when this client dies between the two; it then looks up as ENOENT, and unlink or
+    /// rmdir removes it.
     pub async fn create_child(
         &self,
         parent: &Id,
         name: &str,
         mut inode: Inode,
+        known_parent: Option<InodeRef>,
     ) -> Result<InodeRef> {
         check_name(name)?;
         let id = Id::random();
         inode.parent = *parent;
         let kind = inode.kind;
-        // The inode first: a name never points at nothing.
-        let version = match self
-            .cas_record(&id, 0, Record::Inode(Box::new(inode.clone())))
-            .await?
-        {
-            Cas::Done(v) => v,
-            Cas::Conflict(_) => return Err(ClientError::Exists(format!("inode {}", id.short()))),
-        };
         let now = Timespec::now();
-        let linked = self
-            .update_inode(parent, |dir| {
-                if dir.kind != Kind::Dir {
-                    return Err(ClientError::NotDir(name.to_string()));
+        let write_inode = async {
+            match self
+                .cas_record(&id, 0, Record::Inode(Box::new(inode.clone())))
+                .await?
+            {
+                Cas::Done(v) => Ok(v),
+                Cas::Conflict(_) => Err(ClientError::Exists(format!("inode {}", id.short()))),
+            }
+        };
+        let link = self.update_inode_from(known_parent, parent, |dir| {
+            if dir.kind != Kind::Dir {
+                return Err(ClientError::NotDir(name.to_string()));
+            }
+            match dir.entries.get(name) {
+                // Our own link, written by an earlier attempt whose answer was lost
+                // (a timeout after the primary applied it): done, not a conflict.
+                // Treating it as Exists would delete the inode the name points at.
+                Some(e) if e.id == id => {}
+                Some(_) => return Err(ClientError::Exists(name.to_string())),
+                None => {}
+            }
+            dir.entries.insert(name.to_string(), DirEntry { id, kind });
+            dir.mtime = now;
+            dir.ctime = now;
+            Ok(())
+        });
+        let (written, linked) = tokio::join!(write_inode, link);
+        match (written, linked) {
+            (Ok(version), Ok(_)) => Ok(InodeRef { id, version, inode }),
+            (written, Err(e)) => {
+                if written.is_ok() {
+                    let _ = self.delete_inode(&id).await;
                 }
-                match dir.entries.get(name) {
-                    // Our own link, written by an earlier attempt whose answer was lost
-                    // (a timeout after the primary applied it): done, not a conflict.
-                    // Treating it as Exists would delete the inode the name points at.
-                    Some(e) if e.id == id => {}
-                    Some(_) => return Err(ClientError::Exists(name.to_string())),
-                    None => {}
-                }
-                dir.entries.insert(name.to_string(), DirEntry { id, kind });
-                dir.mtime = now;
-                dir.ctime = now;
-                Ok(())
-            })
-            .await;
-        if let Err(e) = linked {
-            let _ = self.delete_inode(&id).await;
-            return Err(e);
+                Err(e)
+            }
+            (Err(e), Ok(_)) => {
+                // The name went in but its inode did not: take the name out again.
+                let _ = self
+                    .update_inode(parent, |dir| {
+                        if dir.entries.get(name).is_some_and(|e| e.id == id) {
+                            dir.entries.remove(name);
+                        }
+                        Ok(())
+                    })
+                    .await;
+                Err(e)
+            }
         }
-        Ok(InodeRef { id, version, inode })
     }
 
     /// Adds a hard link `parent/name` to an existing non-directory inode.
@@ -307,8 +361,9 @@ impl Client {
             return Err(ClientError::IsDir(name.to_string()));
         }
         if want_dir {
-            let child = self.get_inode(&entry.id).await?;
-            if !child.inode.entries.is_empty() {
+            // A name whose inode is missing (its creator died mid-create) is empty.
+            let child = self.get_inode_opt(&entry.id).await?;
+            if child.is_some_and(|c| !c.inode.entries.is_empty()) {
                 return Err(ClientError::NotEmpty(name.to_string()));
             }
         }
@@ -328,13 +383,19 @@ impl Client {
             self.delete_inode(&entry.id).await?;
             return Ok((entry.id, 0));
         }
-        let (left, _) = self
+        let left = match self
             .update_inode(&entry.id, |ino| {
                 ino.nlink = ino.nlink.saturating_sub(1);
                 ino.ctime = now;
                 Ok(ino.nlink)
             })
-            .await?;
+            .await
+        {
+            Ok((left, _)) => left,
+            // The name pointed at nothing (see `create_child`): nothing more to drop.
+            Err(ClientError::NotFound(_)) => 0,
+            Err(e) => return Err(e),
+        };
         Ok((entry.id, left))
     }
 

@@ -9,8 +9,10 @@
 //! list, size, mtime) with a compare-and-set. An upload that fails leaves its bytes
 //! dirty and makes the commit fail with the error: data is never dropped silently.
 
+use crate::client::tree::InodeRef;
 use crate::client::{Client, ClientError, Result};
 use crate::id::Id;
+use crate::proto::record::INLINE_MAX_BYTES;
 use crate::proto::{Inode, Kind, Timespec};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -75,6 +77,8 @@ pub struct FileState {
     id: Id,
     /// The record as last read or written: chunk list and chunk size.
     base: Inode,
+    /// Its version (0: unknown), so a commit can write without reading it first.
+    base_version: u64,
     /// The file's size, with every write and truncate applied.
     size: u64,
     slots: BTreeMap<usize, Slot>,
@@ -167,14 +171,18 @@ impl OpenFile {
 
     /// Takes a freshly read record as the base, unless local changes are pending
     /// (close-to-open: a new open sees what others committed).
-    pub async fn refresh(&self, inode: Inode) {
+    pub async fn refresh(&self, inode: Inode, version: u64) {
         let mut s = self.state.lock().await;
         if !s.dirty {
             s.size = inode.size;
             s.base = inode;
+            s.base_version = version;
             s.prefetched_to = 0;
         } else {
             s.base.xattrs = inode.xattrs;
+            // The base's chunks are still the ones the pending writes apply to; its
+            // version no longer describes it.
+            s.base_version = 0;
         }
     }
 
@@ -192,11 +200,12 @@ impl OpenFile {
 }
 
 impl FileState {
-    fn new(id: Id, base: Inode) -> FileState {
+    fn new(id: Id, base: Inode, base_version: u64) -> FileState {
         FileState {
             id,
             size: base.size,
             base,
+            base_version,
             slots: BTreeMap::new(),
             truncated_to: None,
             mtime: None,
@@ -227,13 +236,37 @@ impl FileState {
         self.base.chunks.get(i).copied().unwrap_or(Id::ZERO)
     }
 
+    /// The committed content of a small file kept in its record, as chunk 0, cut where
+    /// a truncate cut it (`None` when the base keeps its content in chunks).
+    fn base_inline(&self) -> Option<Bytes> {
+        let data = self.base.inline.as_ref()?;
+        let keep = self
+            .truncated_to
+            .unwrap_or(u64::MAX)
+            .min(self.chunk_len(0) as u64)
+            .min(data.len() as u64) as usize;
+        Some(Bytes::copy_from_slice(&data[..keep]))
+    }
+
+    /// Where the committed bytes of chunk `i` come from.
+    fn base_source(&self, i: usize) -> Source {
+        match self.base_inline() {
+            Some(b) if i == 0 => Source::Mem(b),
+            Some(_) => Source::Key(Id::ZERO),
+            None => Source::Key(self.base_key(i)),
+        }
+    }
+
     /// Takes chunk `i` out as a buffer of its current content.
     async fn take_chunk(&mut self, e: &Engine, i: usize) -> Result<Vec<u8>> {
         let key = match self.slots.remove(&i) {
             Some(Slot::Dirty(v)) => return Ok(v),
             Some(Slot::Uploading(b, _abandoned)) => return Ok(b.to_vec()),
             Some(Slot::Stored(k)) => k,
-            None => self.base_key(i),
+            None => match self.base_source(i) {
+                Source::Mem(b) => return Ok(b.to_vec()),
+                Source::Key(k) => k,
+            },
         };
         if key == Id::ZERO {
             return Ok(Vec::new());
@@ -385,7 +418,7 @@ impl FileState {
                     Some(Slot::Dirty(v)) => Source::Mem(Bytes::copy_from_slice(v)),
                     Some(Slot::Uploading(b, _)) => Source::Mem(b.clone()),
                     Some(Slot::Stored(k)) => Source::Key(*k),
-                    None => Source::Key(self.base_key(i)),
+                    None => self.base_source(i),
                 };
                 (src, self.chunk_len(i))
             })
@@ -449,6 +482,25 @@ impl FileState {
         }
         // A retry after a failure starts the failed uploads over.
         self.failed.store(false, Ordering::Release);
+        // A small file goes into its record whole: one replicated write, no chunk.
+        let inline = if self.size <= INLINE_MAX_BYTES && self.size <= self.cb() {
+            let mut v = self.take_chunk(e, 0).await?;
+            v.truncate(self.size as usize);
+            // Anything else pending lies past the end (a shorter chunk size): drop it.
+            for (_, slot) in std::mem::take(&mut self.slots) {
+                if let Slot::Uploading(_, handle) = slot {
+                    handle.abort();
+                }
+            }
+            Some(v)
+        } else {
+            if self.base.inline.is_some() && !self.slots.contains_key(&0) {
+                // The file outgrew its record: its first chunk is stored like the rest.
+                let v = self.take_chunk(e, 0).await?;
+                self.slots.insert(0, Slot::Dirty(v));
+            }
+            None
+        };
         self.upload_dirty(e).await;
         let mut failed: Option<ClientError> = None;
         let indices: Vec<usize> = self.slots.keys().copied().collect();
@@ -496,12 +548,32 @@ impl FileState {
             })
             .collect();
         let (size, trunc, mtime, cb) = (self.size, self.truncated_to, self.mtime, self.cb());
-
+        // The record this file's state was built on, when its version is known: the write
+        // then needs no read first (a conflict falls back to reading it).
+        let known = (self.base_version > 0).then(|| InodeRef {
+            id: self.id,
+            version: self.base_version,
+            inode: self.base.clone(),
+        });
         let (_, r) = e
             .client
-            .update_inode(&self.id, |ino| {
+            .update_inode_from(known, &self.id, |ino| {
                 if ino.kind != Kind::File {
                     return Err(ClientError::Invalid("not a regular file".into()));
+                }
+                if let Some(data) = &inline {
+                    ino.chunks.clear();
+                    ino.inline = Some(serde_bytes::ByteBuf::from(data.clone()));
+                    ino.size = size;
+                    if let Some(m) = mtime {
+                        ino.mtime = m;
+                        ino.ctime = m;
+                    }
+                    return Ok(());
+                }
+                if ino.inline.take().is_some() {
+                    // Was small; chunk 0 was stored above with the rest.
+                    ino.chunks.clear();
                 }
                 if let Some(t) = trunc {
                     ino.chunks.truncate(t.div_ceil(cb) as usize);
@@ -520,8 +592,15 @@ impl FileState {
                 }
                 Ok(())
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                if let Some(v) = &inline {
+                    // Kept for the next commit to try again.
+                    self.slots.insert(0, Slot::Dirty(v.clone()));
+                }
+            })?;
         self.base = r.inode;
+        self.base_version = r.version;
         self.slots.clear();
         self.truncated_to = None;
         self.mtime = None;
@@ -588,7 +667,7 @@ impl OpenFiles {
 
     /// One more user of the file; its state starts from `base` when it was not open.
     /// Returns the file and whether it was already open.
-    pub fn open(&self, id: Id, base: Inode) -> (Arc<OpenFile>, bool) {
+    pub fn open(&self, id: Id, base: Inode, version: u64) -> (Arc<OpenFile>, bool) {
         let mut map = self.map.lock().expect("open files");
         if let Some((f, n)) = map.get_mut(&id) {
             *n += 1;
@@ -596,7 +675,7 @@ impl OpenFiles {
         }
         let f = Arc::new(OpenFile {
             id,
-            state: tokio::sync::Mutex::new(FileState::new(id, base)),
+            state: tokio::sync::Mutex::new(FileState::new(id, base, version)),
             unlinked: AtomicBool::new(false),
             overlay: Mutex::new(None),
         });

@@ -85,6 +85,9 @@ pub fn kind_of_mode(mode: u32) -> Option<Kind> {
 
 /// Bytes a file's stored chunks take (holes take none).
 pub fn stored_bytes(inode: &Inode) -> u64 {
+    if let Some(data) = &inode.inline {
+        return data.len() as u64;
+    }
     let cb = inode.chunk_bytes.max(1) as u64;
     inode
         .chunks

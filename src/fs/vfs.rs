@@ -191,7 +191,7 @@ impl Fs {
                 Kind::File => {}
                 _ => return Err(Errno::EINVAL),
             }
-            let (f, _) = self.open.open(id, cur.inode);
+            let (f, _) = self.open.open(id, cur.inode, cur.version);
             let res = async {
                 f.truncate(&self.engine, size).await?;
                 f.commit(&self.engine).await
@@ -249,7 +249,7 @@ impl Fs {
         self.xattr_cache
             .insert(r.id, Arc::new(r.inode.xattrs.clone()));
         if let Some(f) = self.open.get(&r.id) {
-            f.refresh(r.inode).await;
+            f.refresh(r.inode, r.version).await;
         }
     }
 
@@ -295,7 +295,10 @@ impl Fs {
         if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
             inode.rdev = rdev;
         }
-        let res = self.client().create_child(&pid, name, inode).await;
+        let res = self
+            .client()
+            .create_child(&pid, name, inode, Some((*dir).clone()))
+            .await;
         self.forget_dirs(&[pid]);
         res.map_err(|e| log_errno("create", &e))
     }
@@ -394,9 +397,9 @@ impl Fs {
     }
 
     pub async fn open_ref(&self, r: InodeRef) -> u64 {
-        let (f, existed) = self.open.open(r.id, r.inode.clone());
+        let (f, existed) = self.open.open(r.id, r.inode.clone(), r.version);
         if existed {
-            f.refresh(r.inode).await;
+            f.refresh(r.inode, r.version).await;
         }
         self.files.insert(f)
     }
