@@ -633,10 +633,11 @@ fn cut_impair_partition_heal() {
     let put = put.expect_err("put without a link was acknowledged");
     assert!(!put.hung, "put without a link hung: {put:?}");
     eprintln!(
-        "1. client cut off: get failed after {}, put after {} ({})",
+        "1. client cut off: get failed after {} ({}), put after {} ({})",
         secs(get.took),
+        get.stderr.trim().lines().next().unwrap_or(""),
         secs(put.took),
-        get.stderr.trim().lines().next().unwrap_or("")
+        put.stderr.trim().lines().next().unwrap_or("")
     );
     net.set_link(&format!("vn{victim}"), true);
     let took = net.wait_ring(&seed0, &all);
