@@ -4,6 +4,12 @@
 //! A connection is a writer task fed by a channel and a reader task that completes the
 //! pending calls by request id. When either side fails, every pending call fails with
 //! `Disconnected` and the pool opens a fresh connection on the next call.
+//!
+//! A call that times out on a connection which has heard nothing since the call was sent
+//! takes that connection out of the pool: its peer has gone silent (a cut cable, a
+//! partition, a frozen process). Kept, every later call would queue behind TCP's
+//! retransmission backoff, which reaches tens of seconds, and a healed link would come
+//! back that much later. Calls already waiting on it keep it until they end.
 
 use super::{RpcError, Transport};
 use crate::proto::{codec, Envelope, Request, Response};
@@ -29,6 +35,16 @@ struct Conn {
     pending: Pending,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
+    /// Frames received so far: unchanged over a call, the peer said nothing meanwhile.
+    heard: Arc<AtomicU64>,
+    /// The reader task, ended with the connection (its socket may never hear again).
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 #[derive(Default, Clone)]
@@ -119,8 +135,11 @@ impl Pool {
 
         let mut stream = FramedRead::new(rd, codec::framing());
         let (pending_r, closed_r) = (pending.clone(), closed.clone());
-        tokio::spawn(async move {
+        let heard = Arc::new(AtomicU64::new(0));
+        let heard_r = heard.clone();
+        let reader = tokio::spawn(async move {
             while let Some(Ok(frame)) = stream.next().await {
+                heard_r.fetch_add(1, Ordering::AcqRel);
                 match codec::decode::<Response>(&frame) {
                     Ok(Envelope { id, body }) => {
                         let waiter = pending_r.lock().expect("pending lock").remove(&id);
@@ -143,6 +162,8 @@ impl Pool {
             pending,
             next_id: AtomicU64::new(1),
             closed,
+            heard,
+            reader: reader.abort_handle(),
         }))
     }
 
@@ -160,6 +181,16 @@ impl Pool {
         Ok(c)
     }
 
+    /// Takes a silent connection out of the pool (if it is still the pooled one).
+    fn evict(&self, addr: &str, conn: &Arc<Conn>) {
+        conn.closed.store(true, Ordering::Release);
+        let mut conns = self.conns.lock().expect("pool lock");
+        if conns.get(addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            conns.remove(addr);
+            tracing::debug!("{addr}: silent connection dropped");
+        }
+    }
+
     async fn request(
         &self,
         addr: &str,
@@ -167,8 +198,16 @@ impl Pool {
         timeout: Duration,
     ) -> Result<Response, RpcError> {
         let ms = timeout.as_millis() as u64;
+        let timed_out = || RpcError::Timeout {
+            addr: addr.to_string(),
+            ms,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = tokio::time::timeout_at(deadline, self.conn(addr))
+            .await
+            .map_err(|_| timed_out())??;
+        let heard_before = conn.heard.load(Ordering::Acquire);
         let fut = async {
-            let conn = self.conn(addr).await?;
             let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
             let frame = codec::encode_sized(id, &req, req.payload_len())
                 .map_err(|e| RpcError::Codec(e.to_string()))?;
@@ -189,12 +228,15 @@ impl Pool {
             drop(guard);
             resp
         };
-        let resp = tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| RpcError::Timeout {
-                addr: addr.to_string(),
-                ms,
-            })??;
+        let resp = match tokio::time::timeout_at(deadline, fut).await {
+            Ok(r) => r?,
+            Err(_) => {
+                if conn.heard.load(Ordering::Acquire) == heard_before {
+                    self.evict(addr, &conn);
+                }
+                return Err(timed_out());
+            }
+        };
         match resp {
             Response::Error { kind, message } => Err(RpcError::Remote {
                 addr: addr.to_string(),
@@ -228,5 +270,59 @@ impl Transport for TcpTransport {
         let inner = self.inner.clone();
         let addr = addr.to_string();
         Box::pin(async move { inner.request(&addr, req, timeout).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::server::{serve, Handler};
+    use tokio_util::sync::CancellationToken;
+
+    /// Answers Ping; never answers anything else (a peer gone silent).
+    struct Silent;
+
+    impl Handler for Silent {
+        fn handle(self: Arc<Self>, req: Request) -> BoxFuture<'static, Response> {
+            Box::pin(async move {
+                if matches!(req, Request::Ping) {
+                    return Response::Pong {
+                        id: crate::id::Id::hash(b"silent"),
+                    };
+                }
+                futures::future::pending::<Response>().await
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_leaves_the_pool() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::new(Silent), stop.clone()));
+        let net = TcpTransport::new();
+        let t = Duration::from_millis(300);
+        assert!(matches!(
+            net.request(&addr, Request::Ping, t).await,
+            Ok(Response::Pong { .. })
+        ));
+        assert_eq!(
+            net.inner.conns.lock().unwrap().len(),
+            1,
+            "an answering peer stays"
+        );
+        let r = net.request(&addr, Request::GetState, t).await;
+        assert!(matches!(r, Err(RpcError::Timeout { .. })), "{r:?}");
+        assert!(
+            net.inner.conns.lock().unwrap().is_empty(),
+            "a silent one leaves"
+        );
+        // The next call connects afresh.
+        assert!(matches!(
+            net.request(&addr, Request::Ping, t).await,
+            Ok(Response::Pong { .. })
+        ));
+        stop.cancel();
     }
 }
