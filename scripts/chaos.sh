@@ -13,7 +13,9 @@
 # CHORDFS_CHAOS_DIR (where the work dir goes; it is kept, with the node and mount logs
 # and the timeline, when files were lost), CARGO_TARGET_DIR.
 set -euo pipefail
-
+# The whole script is one group, read before it runs: editing this file during a long
+# soak cannot change what the running soak does.
+{
 here=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-600}
 nodes=${2:-5}
@@ -278,3 +280,4 @@ rc=$?
 echo "  wall time: $SECONDS s in all (build excluded: $((SECONDS - build_done)) s)"
 [ $rc -eq 0 ] || keep=yes
 exit $rc
+}
