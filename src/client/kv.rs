@@ -190,8 +190,12 @@ impl Client {
 
     /// Compare-and-set at the key's primary: `expect` is the version read (0: absent).
     pub async fn cas_record(&self, key: &Id, expect: u64, record: Record) -> Result<Cas> {
+        let mut expect = expect;
         let started = Instant::now();
         let mut last: String;
+        // An earlier attempt may have been applied although its answer never came (the
+        // primary died or timed out after writing).
+        let mut maybe_applied = false;
         for attempt in 0.. {
             let Some(primary) = self.candidates(key).first().cloned() else {
                 self.backoff(started, attempt, "record", "empty ring view")
@@ -206,11 +210,32 @@ impl Client {
             match self.call(&primary, req).await {
                 Ok(Response::Stored { .. }) => return Ok(Cas::Done(expect + 1)),
                 Ok(Response::Conflict { current }) => {
+                    // The retry met our own write: done, not a conflict (found by
+                    // scripts/chaos.sh: a create whose first answer was lost failed with
+                    // EEXIST on a name nobody else had made).
+                    // That write may be on fewer than R nodes (its primary may have died
+                    // before replicating), so it is written once more on top of itself,
+                    // replicated as any write: same body, next version.
+                    if maybe_applied && current == expect + 1 {
+                        if let Ok(Some((v, held))) = self.get_record(key).await {
+                            if v == current && held == record {
+                                expect = current;
+                                maybe_applied = false;
+                                continue;
+                            }
+                        }
+                    }
                     tracing::debug!(key = %key.short(), expect, current, attempt, "cas conflict");
                     return Ok(Cas::Conflict(current));
                 }
                 Ok(other) => last = format!("{} answered {other:?}", primary.addr),
                 Err(e) => {
+                    // Refused before acting: the request was not applied.
+                    let refused = matches!(
+                        &e,
+                        crate::net::RpcError::Connect { .. } | crate::net::RpcError::Auth { .. }
+                    );
+                    maybe_applied |= !refused;
                     if e.is_unreachable() {
                         self.view.forget(&primary.id);
                     }

@@ -58,13 +58,18 @@ impl From<SystemTime> for Timespec {
 }
 
 impl From<Timespec> for SystemTime {
+    /// Saturates instead of overflowing: a record from a peer or a disk holds whatever
+    /// numbers it holds (`nanos` above a second, `secs` near `i64::MAX`), and reading
+    /// its times must not panic (found by tests/fuzz.rs).
     fn from(t: Timespec) -> Self {
-        if t.secs >= 0 {
-            UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+        let base = if t.secs >= 0 {
+            UNIX_EPOCH.checked_add(Duration::from_secs(t.secs as u64))
         } else {
-            UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
-                + Duration::from_nanos(t.nanos as u64)
+            UNIX_EPOCH.checked_sub(Duration::from_secs(t.secs.unsigned_abs()))
         }
+        .unwrap_or(UNIX_EPOCH);
+        base.checked_add(Duration::from_nanos(t.nanos as u64))
+            .unwrap_or(base)
     }
 }
 
@@ -226,6 +231,18 @@ mod tests {
             (9, 7, &chunks[..])
         );
         assert_eq!(ino.inline, None);
+    }
+
+    #[test]
+    fn extreme_times_saturate_instead_of_panicking() {
+        for (secs, nanos) in [(i64::MAX, u32::MAX), (i64::MIN, u32::MAX), (i64::MIN, 0)] {
+            let _ = SystemTime::from(Timespec { secs, nanos });
+        }
+        let t = SystemTime::from(Timespec {
+            secs: 5,
+            nanos: 1_500_000_000,
+        });
+        assert_eq!(t, UNIX_EPOCH + Duration::from_millis(6_500));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub struct Meta {
     pub verified: bool,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredRecord {
     version: u64,
     record: Record,
@@ -511,14 +511,7 @@ impl Store {
         version: u64,
         record: &Record,
     ) -> Result<(), StoreError> {
-        let body = rmp_serde::to_vec(&StoredRecord {
-            version,
-            record: record.clone(),
-        })
-        .map_err(|e| StoreError::Encode(e.to_string()))?;
-        let mut bytes = Vec::with_capacity(20 + body.len());
-        bytes.extend_from_slice(&Id::hash(&body).0);
-        bytes.extend_from_slice(&body);
+        let bytes = encode_record_file(version, record)?;
         let path = self.path_of(EntryKind::Record, &key);
         self.write_atomic(&path, &bytes)?;
         self.index.lock().expect("index lock").insert(
@@ -539,7 +532,28 @@ fn read_record_file(path: &Path) -> std::io::Result<Option<(u64, Record)>> {
     Ok(parse_record(&fs::read(path)?))
 }
 
-/// Decodes a record file's bytes: `None` when its checksum or body is bad.
+/// The bytes of a record file: the SHA-1 of the body, then the MessagePack body
+/// (version and record).
+pub fn encode_record_file(version: u64, record: &Record) -> Result<Vec<u8>, StoreError> {
+    #[derive(Serialize)]
+    struct Borrowed<'a> {
+        version: u64,
+        record: &'a Record,
+    }
+    let body = rmp_serde::to_vec(&Borrowed { version, record })
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(20 + body.len());
+    bytes.extend_from_slice(&Id::hash(&body).0);
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Decodes a record file's bytes (see [`encode_record_file`]): `None` when its checksum
+/// or body is bad. Never panics, whatever the bytes.
+pub fn decode_record_file(bytes: &[u8]) -> Option<(u64, Record)> {
+    parse_record(bytes)
+}
+
 fn parse_record(bytes: &[u8]) -> Option<(u64, Record)> {
     if bytes.len() < 20 || Id::hash(&bytes[20..]).0[..] != bytes[..20] {
         return None;
