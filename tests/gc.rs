@@ -108,10 +108,14 @@ async fn check_everywhere(c: &Cluster, keys: &BTreeSet<Id>) -> Result<(), String
 /// Sweeps until none of `keys` is held anywhere (each sweep frees what has outlived
 /// the grace period; the loop is bounded by the deadline).
 async fn sweep_until_gone(c: &Cluster, client: &Client, keys: &BTreeSet<Id>) {
-    wait_until("the removed chunks to be freed everywhere", SETTLE, || async {
-        sweep_all(c, client).await?;
-        check_gone(c, keys).await
-    })
+    wait_until(
+        "the removed chunks to be freed everywhere",
+        SETTLE,
+        || async {
+            sweep_all(c, client).await?;
+            check_gone(c, keys).await
+        },
+    )
     .await;
 }
 
@@ -193,7 +197,10 @@ async fn removed_files_are_freed_on_every_replica_and_kept_files_survive() {
             .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() || !text.contains("3 nodes, 3 swept") {
-            return Err(format!("gc said: {text} {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "gc said: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         check_gone(&c, &removed).await
     })
@@ -220,7 +227,10 @@ async fn removed_files_are_freed_on_every_replica_and_kept_files_survive() {
         assert!(gc["runs"].as_u64().unwrap() >= 1, "{gc}");
         total += gc["chunks_freed"].as_u64().unwrap();
     }
-    assert!(total >= 3 * removed.len() as u64, "every copy freed: {total}");
+    assert!(
+        total >= 3 * removed.len() as u64,
+        "every copy freed: {total}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,9 +298,7 @@ async fn overwrite_and_truncate_free_the_old_chunks() {
     // anew, the chunks past the end leave the record.
     let keep_len = 2 * CHUNK as usize + CHUNK as usize / 2;
     let cut = client
-        .put_block(Bytes::copy_from_slice(
-            &long[2 * CHUNK as usize..keep_len],
-        ))
+        .put_block(Bytes::copy_from_slice(&long[2 * CHUNK as usize..keep_len]))
         .await
         .unwrap();
     let t = client.resolve("/t").await.unwrap();
@@ -395,5 +403,64 @@ async fn repair_does_not_bring_freed_chunks_back() {
         }
     })
     .await;
-    check_gone(&c, &keys).await.expect("still gone after repair");
+    check_gone(&c, &keys)
+        .await
+        .expect("still gone after repair");
+}
+
+mod fsutil;
+
+/// Used space on a mount, in KiB, as df reports it.
+fn df_used_kib(dir: &Path) -> u64 {
+    let out = fsutil::sh(&format!("df -k --output=used {} | tail -1", dir.display()));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("df said {out:?}: {e}"))
+}
+
+#[test]
+fn df_on_a_mount_shows_the_space_coming_back() {
+    let ring = fsutil::Ring::start_with(3, 3, &["--gc-interval-secs", "0", "--gc-grace-secs", "1"]);
+    let m = fsutil::Mount::new(ring.addr(), "chunk_size=64K");
+    let mib = 1024 * 1024;
+    let a = fsutil::pattern(2 * mib, 1);
+    let b = fsutil::pattern(2 * mib, 2);
+    let t = fsutil::pattern(2 * mib, 3);
+    std::fs::write(m.path("a"), &a).unwrap();
+    std::fs::write(m.path("b"), &b).unwrap();
+    std::fs::write(m.path("t"), &t).unwrap();
+    let before = df_used_kib(&m.dir);
+    assert!(
+        before >= 6 * 1024,
+        "6 MiB written, df says {before} KiB used"
+    );
+
+    std::fs::remove_file(m.path("a")).unwrap();
+    std::fs::remove_file(m.path("b")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("t"))
+        .unwrap();
+    f.set_len(100_000).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // Sweep (each run frees what has outlived the 1 s grace) until df shows the space
+    // back; bounded by a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut after = before;
+    while std::time::Instant::now() < deadline {
+        fsutil::ok(std::process::Command::new(fsutil::BIN).args(["gc", "--ring", ring.addr()]));
+        after = df_used_kib(&m.dir);
+        if after + 5 * 1024 < before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        after + 5 * 1024 < before,
+        "df used: {before} KiB before, {after} KiB after removing 4 MiB and cutting 2 MiB to 100 kB"
+    );
+    let got = std::fs::read(m.path("t")).unwrap();
+    assert!(got == t[..100_000], "the truncated file reads back");
 }
