@@ -345,17 +345,17 @@ async fn repair_does_not_bring_freed_chunks_back() {
             f.set_modified(two_hours_ago).expect("backdate");
         }
     }
-    // Node 0 alone drops its copies; the others' repair hands them back to it, as old
-    // as theirs.
-    let list: Vec<Id> = keys.iter().copied().collect();
-    let req = Request::DropChunks {
-        keys: list.clone(),
-        grace_ms: 0,
-    };
-    match c.request(&c.nodes[0].addr, req).await {
-        Ok(Response::Dropped { chunks, .. }) => assert_eq!(chunks, keys.len() as u64),
-        other => panic!("DropChunks: {other:?}"),
+    // Node 0 loses its copies (crashed, disk replaced); on its return the others'
+    // repair hands them back, as old as theirs.
+    let mut c = c;
+    c.kill(0);
+    for k in &keys {
+        let hex = k.to_hex();
+        std::fs::remove_file(c.nodes[0].dir.join("chunks").join(&hex[..2]).join(&hex))
+            .expect("remove a chunk file");
     }
+    c.restart(0).await;
+    c.wait_converged().await;
     wait_until("repair to hand node 0 its copies back", SETTLE, || {
         check_everywhere(&c, &keys)
     })
@@ -382,6 +382,17 @@ async fn repair_does_not_bring_freed_chunks_back() {
     assert_eq!(r.chunks_freed, keys.len() as u64, "{r:?}");
     assert_eq!(r.peer_chunks_freed, 2 * keys.len() as u64, "{r:?}");
     check_gone(&c, &keys).await.expect("freed everywhere");
+    // A late repair copy of a chunk just freed is refused.
+    let first = Bytes::copy_from_slice(&data[..CHUNK as usize]);
+    let late = Request::PutChunkCopy {
+        key: Id::hash(&first),
+        data: first,
+        age_ms: 0,
+    };
+    match c.request(&c.nodes[2].addr, late).await {
+        Err(e) if e.contains("garbage-collected") => {}
+        other => panic!("a late repair copy was answered {other:?}"),
+    }
 
     // Repair runs several more passes on every node; nothing comes back.
     let passes = |v: &serde_json::Value| v["repair"]["passes"].as_u64().unwrap_or(0);

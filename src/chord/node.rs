@@ -99,6 +99,9 @@ pub struct Node {
     pub gc: Mutex<super::gc::GcStatus>,
     /// Held for the whole of a sweep, so sweeps on one node never overlap.
     pub gc_lock: tokio::sync::Mutex<()>,
+    /// Chunks garbage collection freed here lately, refused as repair copies.
+    // Never held across an await: one map operation at a time.
+    pub freed: Mutex<super::gc::Freed>,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -146,6 +149,7 @@ impl Node {
             joined_via: Mutex::new(None),
             gc: Mutex::new(super::gc::GcStatus::default()),
             gc_lock: tokio::sync::Mutex::new(()),
+            freed: Mutex::new(super::gc::Freed::default()),
         })
     }
 
@@ -313,6 +317,8 @@ impl Node {
 
     async fn put_chunk(&self, key: Id, data: Bytes, replicate: bool) -> Response {
         self.counters.chunk_puts.fetch_add(1, Ordering::Relaxed);
+        // A writer's store: the chunk is live again, whatever gc freed lately.
+        self.forget_freed(&key);
         if !replicate {
             return match self.store.put_chunk(key, data).await {
                 Ok(_) => Response::Stored { copies: 1 },
@@ -588,6 +594,12 @@ impl Node {
             }
             Request::PutChunkCopy { key, data, age_ms } => {
                 self.counters.chunk_puts.fetch_add(1, Ordering::Relaxed);
+                if self.recently_freed(&key) {
+                    return Response::error(
+                        ErrorKind::Collected,
+                        format!("chunk {} was just garbage-collected here", key.short()),
+                    );
+                }
                 match self
                     .store
                     .put_chunk_copy(key, data, Duration::from_millis(age_ms))

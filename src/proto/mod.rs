@@ -190,6 +190,9 @@ pub enum ErrorKind {
     Storage,
     /// The node is shutting down.
     ShuttingDown,
+    /// A repair copy of a chunk that garbage collection has just freed here: refused,
+    /// so that repair does not hand back what the holders are deleting.
+    Collected,
     Internal,
 }
 
