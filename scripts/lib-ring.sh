@@ -2,13 +2,14 @@
 # Used as `. scripts/lib-ring.sh`; expects $bin (the chordfs binary).
 
 # ring_start DIR N: N nodes with data under DIR/nodeI, waits for each node.json.
+# $RING_NODE_ARGS: extra `chordfs node` arguments for every node.
 ring_start() {
     dir=$1; n=$2; i=0; join=""
     while [ "$i" -lt "$n" ]; do
         mkdir -p "$dir/node$i"
         # shellcheck disable=SC2086
         "$bin" node --listen 127.0.0.1:0 --http 127.0.0.1:0 --data "$dir/node$i" \
-            --stabilize-ms 100 --repair-ms 500 --fix-fingers-ms 200 $join \
+            --stabilize-ms 100 --repair-ms 500 --fix-fingers-ms 200 $join ${RING_NODE_ARGS:-} \
             >"$dir/node$i.log" 2>&1 &
         echo $! >"$dir/node$i.pid"
         tries=0

@@ -98,6 +98,18 @@ enum Cmd {
         #[arg(short, long)]
         recursive: bool,
     },
+    /// Free the chunks no file references any more: every node runs a
+    /// garbage-collection sweep now (one after another), and prints what it freed.
+    Gc {
+        #[command(flatten)]
+        ring: RingArg,
+        /// Longest one node's sweep may take, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+        /// Machine-readable output (one JSON object per node).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the whole ring, a row a node.
     Status {
         #[command(flatten)]
@@ -149,6 +161,13 @@ struct NodeArgs {
     /// Repair bandwidth cap, in MiB/s (0: no cap).
     #[arg(long, default_value_t = 256)]
     repair_mib_per_sec: u64,
+    /// Interval of garbage-collection sweeps, in seconds (0: only on `chordfs gc`).
+    #[arg(long, default_value_t = 600)]
+    gc_interval_secs: u64,
+    /// Unreferenced chunks younger than this many seconds are kept. It must exceed the
+    /// longest `put` and the mount's write-back limit (5 min); see README.
+    #[arg(long, default_value_t = 3600)]
+    gc_grace_secs: u64,
 }
 
 fn main() -> Result<()> {
@@ -303,6 +322,18 @@ async fn run(cmd: Cmd) -> Result<()> {
             remove(&client, &remote_path, recursive).await
         }
         Cmd::Status { ring, json } => status(ring.config()?, json).await,
+        Cmd::Gc {
+            ring,
+            timeout_secs,
+            json,
+        } => {
+            gc(
+                ring.config()?,
+                Duration::from_secs(timeout_secs.max(1)),
+                json,
+            )
+            .await
+        }
         Cmd::Mount { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -419,6 +450,83 @@ async fn status(cfg: ClientConfig, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Asks every node, one after another, to sweep now.
+async fn gc(cfg: ClientConfig, timeout: Duration, json: bool) -> Result<()> {
+    let client = Client::connect(cfg).await?;
+    let view = client.refresh_view().await?;
+    let n = view.peers.len();
+    let spinner = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    let (mut chunks, mut bytes, mut failed) = (0u64, 0u64, 0usize);
+    for (i, p) in view.peers.iter().enumerate() {
+        spinner.set_message(format!("sweeping {} ({}/{n})", p.addr, i + 1));
+        let res = client.collect_garbage(&p.addr, timeout).await;
+        let line = match res {
+            Ok(r) => {
+                chunks += r.chunks_freed + r.peer_chunks_freed;
+                bytes += r.bytes_freed + r.peer_bytes_freed;
+                if json {
+                    serde_json::json!({"addr": p.addr, "ok": true, "report": r}).to_string()
+                } else {
+                    format!(
+                        "{}: freed {} chunks ({}) here, {} chunks ({}) on other holders; \
+                         {} referenced in the ring, {} kept as younger than the grace; {:.1} s",
+                        p.addr,
+                        r.chunks_freed,
+                        human_bytes(r.bytes_freed),
+                        r.peer_chunks_freed,
+                        human_bytes(r.peer_bytes_freed),
+                        r.referenced,
+                        r.kept_young,
+                        r.duration_ms as f64 / 1000.0
+                    )
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                let why = e.to_string();
+                if json {
+                    serde_json::json!({"addr": p.addr, "ok": false, "error": why}).to_string()
+                } else {
+                    format!("{}: no sweep: {why}", p.addr)
+                }
+            }
+        };
+        spinner.suspend(|| println!("{line}"));
+    }
+    spinner.finish_and_clear();
+    if !json {
+        println!(
+            "{n} nodes, {} swept: freed {chunks} chunks, {} (every copy counted)",
+            n - failed,
+            human_bytes(bytes)
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} of {n} nodes did not sweep (nothing is deleted on an incomplete mark; try again once the ring is settled)");
+    }
+    Ok(())
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 async fn node(a: NodeArgs) -> Result<()> {
     let mut cfg = NodeConfig::new(a.listen.clone(), a.data.clone());
     cfg.replicas = a.replicas.max(1);
@@ -430,6 +538,16 @@ async fn node(a: NodeArgs) -> Result<()> {
     cfg.rpc_timeout = Duration::from_millis(a.rpc_timeout_ms.max(10));
     cfg.repair_bytes_per_sec = a.repair_mib_per_sec * 1024 * 1024;
     cfg.secret = read_secret(a.secret_file.as_deref())?;
+    cfg.gc_every = Duration::from_secs(a.gc_interval_secs);
+    cfg.gc_grace = Duration::from_secs(a.gc_grace_secs);
+    if a.gc_grace_secs < chordfs::fs::WRITEBACK_MAX_SECS * 2 {
+        eprintln!(
+            "WARNING: --gc-grace-secs {} is shorter than twice the mount's write-back limit \
+             ({} s): chunks of files still being written may be collected",
+            a.gc_grace_secs,
+            chordfs::fs::WRITEBACK_MAX_SECS
+        );
+    }
     let running = chordfs::daemon::start(chordfs::daemon::StartOptions {
         listen: a.listen,
         join: a.join,

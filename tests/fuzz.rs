@@ -16,8 +16,8 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use chordfs::id::Id;
 use chordfs::proto::{
-    codec, DirEntry, Envelope, ErrorKind, Inode, KeyInfo, Kind, NodeState, NodeStats, Peer, Record,
-    Request, Response, Timespec, Value, FRAME_MAX_BYTES,
+    codec, DirEntry, Envelope, ErrorKind, GcReport, Inode, KeyInfo, Kind, NodeState, NodeStats,
+    Peer, Record, Request, Response, Timespec, Value, FRAME_MAX_BYTES,
 };
 use chordfs::store::{decode_record_file, encode_record_file, Store};
 use proptest::prelude::*;
@@ -203,6 +203,7 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
         Just(ErrorKind::Unavailable),
         Just(ErrorKind::Storage),
         Just(ErrorKind::ShuttingDown),
+        Just(ErrorKind::Collected),
         Just(ErrorKind::Internal),
     ]
 }
@@ -246,6 +247,20 @@ fn request() -> impl Strategy<Value = Request> {
         ids(64).prop_map(|keys| Request::HaveKeys { keys }),
         Just(Request::Stats),
         id().prop_map(|key| Request::CheckChunk { key }),
+        (
+            id(),
+            prop::collection::vec(any::<u8>(), 0..512),
+            any::<u64>()
+        )
+            .prop_map(|(key, data, age_ms)| Request::PutChunkCopy {
+                key,
+                data: Bytes::from(data),
+                age_ms,
+            }),
+        (proptest::option::of(id()), any::<u32>())
+            .prop_map(|(after, limit)| Request::ListChunkRefs { after, limit }),
+        (ids(64), any::<u64>()).prop_map(|(keys, grace_ms)| Request::DropChunks { keys, grace_ms }),
+        Just(Request::CollectGarbage),
         (proptest::option::of(id()), any::<u32>())
             .prop_map(|(after, limit)| Request::ListKeys { after, limit }),
     ]
@@ -268,9 +283,13 @@ fn request_variant(r: &Request) -> usize {
         Request::Stats => 11,
         Request::ListKeys { .. } => 12,
         Request::CheckChunk { .. } => 13,
+        Request::PutChunkCopy { .. } => 14,
+        Request::ListChunkRefs { .. } => 15,
+        Request::DropChunks { .. } => 16,
+        Request::CollectGarbage => 17,
     }
 }
-const REQUEST_VARIANTS: usize = 14;
+const REQUEST_VARIANTS: usize = 18;
 
 fn node_stats() -> impl Strategy<Value = NodeStats> {
     any::<[u64; 5]>().prop_map(
@@ -318,6 +337,20 @@ fn response() -> impl Strategy<Value = Response> {
             .prop_map(Response::Versions),
         node_stats().prop_map(Response::Stats),
         prop::collection::vec(key_info(), 0..16).prop_map(Response::Keys),
+        (ids(64), proptest::option::of(id()))
+            .prop_map(|(chunks, next)| Response::ChunkRefs { chunks, next }),
+        any::<(u64, u64)>().prop_map(|(chunks, bytes)| Response::Dropped { chunks, bytes }),
+        (any::<[u64; 8]>(), any::<u32>()).prop_map(|(v, nodes)| Response::Collected(GcReport {
+            nodes,
+            referenced: v[0],
+            chunks_held: v[1],
+            chunks_freed: v[2],
+            bytes_freed: v[3],
+            kept_young: v[4],
+            peer_chunks_freed: v[5],
+            peer_bytes_freed: v[6],
+            duration_ms: v[7],
+        })),
         (error_kind(), any::<String>())
             .prop_map(|(kind, message)| Response::Error { kind, message }),
     ]
@@ -339,9 +372,12 @@ fn response_variant(r: &Response) -> usize {
         Response::Stats(_) => 11,
         Response::Keys(_) => 12,
         Response::Error { .. } => 13,
+        Response::ChunkRefs { .. } => 14,
+        Response::Dropped { .. } => 15,
+        Response::Collected(_) => 16,
     }
 }
-const RESPONSE_VARIANTS: usize = 14;
+const RESPONSE_VARIANTS: usize = 17;
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![

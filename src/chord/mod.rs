@@ -1,6 +1,7 @@
 //! The Chord peer: routing table (pure), the node that answers RPCs, the maintenance
 //! loops of the paper, and repair (anti-entropy) that keeps R copies of every key.
 
+pub mod gc;
 pub mod maintenance;
 pub mod node;
 pub mod reconcile;

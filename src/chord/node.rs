@@ -34,6 +34,11 @@ pub struct NodeConfig {
     pub repair_bytes_per_sec: u64,
     /// The cluster secret every connection must prove (None: no secret).
     pub secret: Option<Arc<[u8]>>,
+    /// Interval of garbage-collection sweeps (zero: only when asked).
+    pub gc_every: Duration,
+    /// Unreferenced chunks younger than this are kept: it must exceed the longest time
+    /// a writer holds stored chunks before its record names them (README).
+    pub gc_grace: Duration,
 }
 
 impl NodeConfig {
@@ -50,6 +55,8 @@ impl NodeConfig {
             rpc_timeout: Duration::from_millis(crate::net::RPC_TIMEOUT_MS),
             repair_bytes_per_sec: 256 * 1024 * 1024,
             secret: None,
+            gc_every: Duration::from_secs(600),
+            gc_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -88,6 +95,13 @@ pub struct Node {
     /// The address this node joined through: where it rejoins if it ends up alone
     /// with no lost peer to probe.
     pub joined_via: Mutex<Option<String>>,
+    // Never held across an await: read or updated in one go.
+    pub gc: Mutex<super::gc::GcStatus>,
+    /// Held for the whole of a sweep, so sweeps on one node never overlap.
+    pub gc_lock: tokio::sync::Mutex<()>,
+    /// Chunks garbage collection freed here lately, refused as repair copies.
+    // Never held across an await: one map operation at a time.
+    pub freed: Mutex<super::gc::Freed>,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -133,6 +147,9 @@ impl Node {
             shutdown: CancellationToken::new(),
             lost: Mutex::new(Vec::new()),
             joined_via: Mutex::new(None),
+            gc: Mutex::new(super::gc::GcStatus::default()),
+            gc_lock: tokio::sync::Mutex::new(()),
+            freed: Mutex::new(super::gc::Freed::default()),
         })
     }
 
@@ -300,6 +317,8 @@ impl Node {
 
     async fn put_chunk(&self, key: Id, data: Bytes, replicate: bool) -> Response {
         self.counters.chunk_puts.fetch_add(1, Ordering::Relaxed);
+        // A writer's store: the chunk is live again, whatever gc freed lately.
+        self.forget_freed(&key);
         if !replicate {
             return match self.store.put_chunk(key, data).await {
                 Ok(_) => Response::Stored { copies: 1 },
@@ -587,6 +606,36 @@ impl Node {
                         .collect(),
                 )
             }
+            Request::PutChunkCopy { key, data, age_ms } => {
+                self.counters.chunk_puts.fetch_add(1, Ordering::Relaxed);
+                if self.recently_freed(&key) {
+                    return Response::error(
+                        ErrorKind::Collected,
+                        format!("chunk {} was just garbage-collected here", key.short()),
+                    );
+                }
+                match self
+                    .store
+                    .put_chunk_copy(key, data, Duration::from_millis(age_ms))
+                    .await
+                {
+                    Ok(_) => Response::Stored { copies: 1 },
+                    Err(e) => store_error(e),
+                }
+            }
+            Request::ListChunkRefs { after, limit } => {
+                match self.chunk_refs_page(after, limit).await {
+                    Ok((chunks, next)) => Response::ChunkRefs { chunks, next },
+                    Err(e) => Response::error(ErrorKind::Storage, e),
+                }
+            }
+            Request::DropChunks { keys, grace_ms } => {
+                let (chunks, bytes) = self
+                    .drop_chunks(&keys, Duration::from_millis(grace_ms))
+                    .await;
+                Response::Dropped { chunks, bytes }
+            }
+            Request::CollectGarbage => self.collect_garbage().await,
         }
     }
 }
@@ -604,8 +653,11 @@ fn refused_while_leaving(req: &Request) -> bool {
             | Request::Notify { .. }
             | Request::HaveKeys { .. }
             | Request::PutChunk { .. }
+            | Request::PutChunkCopy { .. }
             | Request::PutRecordCopy { .. }
             | Request::CasRecord { .. }
+            | Request::DropChunks { .. }
+            | Request::CollectGarbage
     )
 }
 

@@ -213,11 +213,16 @@ impl Node {
     /// Gives `peer` this node's copy of `key`. False when it could not.
     async fn push(&self, peer: &Peer, key: &Id, meta: &Meta, throttle: &mut Throttle) -> bool {
         let req = match meta.kind {
+            // The copy keeps this one's age, so that garbage collection sees an
+            // unreferenced chunk as old on every holder (see gc.rs).
             EntryKind::Chunk => match self.store.get_chunk(*key).await {
-                Ok(Some(data)) => Request::PutChunk {
-                    key: *key,
-                    data,
-                    replicate: false,
+                Ok(Some(data)) => match self.store.chunk_age(key) {
+                    Some(age) => Request::PutChunkCopy {
+                        key: *key,
+                        data,
+                        age_ms: age.as_millis() as u64,
+                    },
+                    None => return false,
                 },
                 _ => return false,
             },

@@ -63,3 +63,22 @@ pub async fn ring_status(client: &Client, view: &RingView) -> Vec<NodeRow> {
     });
     futures::future::join_all(rows).await
 }
+
+impl Client {
+    /// Asks one node to run a garbage-collection sweep now; `timeout` bounds the sweep
+    /// (it reads every record of the ring).
+    pub async fn collect_garbage(
+        &self,
+        addr: &str,
+        timeout: std::time::Duration,
+    ) -> Result<crate::proto::GcReport, crate::net::RpcError> {
+        match self
+            .net
+            .call(addr, Request::CollectGarbage, timeout)
+            .await?
+        {
+            Response::Collected(r) => Ok(r),
+            other => Err(crate::net::RpcError::unexpected(addr, &other)),
+        }
+    }
+}

@@ -27,6 +27,11 @@ pub const DIRTY_BUDGET_KIB: usize = 32 * 1024;
 const DIRTY_FILE_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// How far ahead of a sequential reader chunks are fetched into the cache, in bytes.
 const READAHEAD_BYTES: u64 = 8 * 1024 * 1024;
+/// Longest time a chunk uploaded for an open file stays unnamed by the file's record:
+/// after this the file is committed (as by fsync), by its next write or by the mount's
+/// periodic check. The ring's garbage collection keeps unreferenced chunks for its
+/// grace period (default 1 h), which must exceed this.
+pub const WRITEBACK_MAX_SECS: u64 = 300;
 
 /// What the writers of one mount share: the client and the bounds on uploads.
 pub struct Engine {
@@ -89,6 +94,8 @@ pub struct FileState {
     dirty: bool,
     /// Set by a background upload that failed: writes fail fast until a commit succeeds.
     failed: Arc<AtomicBool>,
+    /// When the first chunk uploaded since the last commit started uploading.
+    first_upload: Option<std::time::Instant>,
     last_read_end: u64,
     prefetched_to: usize,
 }
@@ -124,9 +131,30 @@ impl OpenFile {
 
     pub async fn write(&self, e: &Engine, offset: u64, data: &[u8]) -> Result<()> {
         let mut s = self.state.lock().await;
-        let r = s.write(e, offset, data).await;
+        let mut r = s.write(e, offset, data).await;
+        if r.is_ok() && s.writeback_overdue() {
+            r = s.commit(e).await;
+        }
         self.set_overlay(&s);
         r
+    }
+
+    /// Commits the file when chunks it uploaded have waited for their record longer
+    /// than `WRITEBACK_MAX_SECS`; skips a file busy with another operation (its next
+    /// write checks again). Returns false when a commit failed.
+    pub async fn commit_if_overdue(&self, e: &Engine) -> bool {
+        let Ok(mut s) = self.state.try_lock() else {
+            return true;
+        };
+        if !s.writeback_overdue() {
+            return true;
+        }
+        let r = s.commit(e).await;
+        self.set_overlay(&s);
+        if let Err(err) = &r {
+            tracing::warn!("periodic commit of inode {} failed: {err}", self.id.short());
+        }
+        r.is_ok()
     }
 
     pub async fn read(&self, e: &Engine, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -211,6 +239,7 @@ impl FileState {
             mtime: None,
             dirty: false,
             failed: Arc::new(AtomicBool::new(false)),
+            first_upload: None,
             last_read_end: u64::MAX,
             prefetched_to: 0,
         }
@@ -218,6 +247,11 @@ impl FileState {
 
     fn cb(&self) -> u64 {
         self.base.chunk_bytes.max(1) as u64
+    }
+
+    fn writeback_overdue(&self) -> bool {
+        self.first_upload
+            .is_some_and(|t| t.elapsed().as_secs() >= WRITEBACK_MAX_SECS)
     }
 
     /// Length of chunk `i` at the current size.
@@ -320,6 +354,8 @@ impl FileState {
             .expect("budget never closed");
         let (client, uploads, d) = (e.client.clone(), e.uploads.clone(), data.clone());
         let failed = self.failed.clone();
+        self.first_upload
+            .get_or_insert_with(std::time::Instant::now);
         let handle = tokio::spawn(async move {
             let _held = permit;
             let _slot = uploads.acquire_owned().await.expect("never closed");
@@ -605,6 +641,7 @@ impl FileState {
         self.truncated_to = None;
         self.mtime = None;
         self.dirty = false;
+        self.first_upload = None;
         Ok(())
     }
 }

@@ -49,6 +49,9 @@
 //!   (a mount holds at most 32 MiB of dirty data); `close`, `fsync` and the end of a
 //!   mount upload the rest and write the file's record. When they return success the
 //!   data is durable on min(R, live) nodes; when they cannot, they fail with `EIO`.
+//! - An open file whose uploaded chunks have waited `WRITEBACK_MAX_SECS` (5 min) for
+//!   its record is committed as by `fsync`, so the ring's garbage collection, which
+//!   spares unreferenced chunks only for its grace period, never takes them.
 //! - atime is set at creation and by `utimensat`, not by reads.
 //! - Hard links, symlinks, FIFOs, sockets, device nodes, extended attributes
 //!   (`user.*`, `trusted.*`, `security.*`; not `system.*`) are stored in the ring.
@@ -63,5 +66,6 @@ mod options;
 mod vfs;
 
 pub use errno::errno;
+pub use handles::WRITEBACK_MAX_SECS;
 pub use mount::{run, MountArgs, MountError};
 pub use options::{parse as parse_options, MountOptions};

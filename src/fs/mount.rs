@@ -18,6 +18,8 @@ const MOUNT_WAIT: Duration = Duration::from_secs(60);
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// FUSE worker threads.
 const FUSE_THREADS: usize = 4;
+/// How often the mount looks for open files whose write-back is overdue.
+const WRITEBACK_CHECK_SECS: u64 = 30;
 
 pub struct MountArgs {
     pub ring: String,
@@ -231,6 +233,17 @@ fn serve(
     let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(ring, opts))?;
     let mut unmounter = session.unmount_callable();
     tracing::info!("mounted {} at {}", ring, mountpoint.display());
+    // Uploaded chunks never wait for their record longer than the write-back limit, so
+    // the ring's garbage collection (which spares them for its grace period) keeps them.
+    let periodic = fs.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(WRITEBACK_CHECK_SECS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            periodic.commit_overdue().await;
+        }
+    });
     let on_signal = fs.clone();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};

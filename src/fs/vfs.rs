@@ -471,6 +471,18 @@ impl Fs {
         }
     }
 
+    /// Commits the open files whose uploaded chunks have waited too long for their
+    /// record (see `WRITEBACK_MAX_SECS`). Returns how many commits failed.
+    pub async fn commit_overdue(&self) -> usize {
+        let mut failed = 0;
+        for f in self.open.all() {
+            if !f.commit_if_overdue(&self.engine).await {
+                failed += 1;
+            }
+        }
+        failed
+    }
+
     /// Commits every open file (before an unmount).
     pub async fn flush_all(&self) -> usize {
         let mut failed = 0;
@@ -539,14 +551,18 @@ impl Fs {
                 .map(|p| self.client().net.call(&p.addr, Request::Stats, t)),
         )
         .await;
-        let (mut total, mut free, mut records) = (0u64, 0u64, 0u64);
+        // Used is what the ring stores (every copy, divided by R below), not what the
+        // disks hold for anyone: so df shows space coming back when chunks are freed,
+        // whatever else shares the disks. Size is used plus the disks' free space.
+        let (mut stored, mut free, mut records) = (0u64, 0u64, 0u64);
         for s in stats.into_iter().flatten() {
             if let Response::Stats(s) = s {
-                total += s.disk_total;
+                stored += s.bytes;
                 free += s.disk_free;
                 records += s.records;
             }
         }
+        let total = stored + free;
         let copies = view.replicas.clamp(1, view.peers.len().max(1)) as u64;
         let b = BLOCK_BYTES as u64;
         Ok((total / copies / b, free / copies / b, records / copies))

@@ -173,6 +173,37 @@ pub(super) async fn metrics(State(side): State<Sidecar>) -> impl IntoResponse {
         "1 when the last pass ended in an error.",
         u8::from(st.last_error.is_some()),
     );
+    let gc = &s.gc;
+    m.counter(
+        "gc_runs_total",
+        "Garbage-collection sweeps completed.",
+        gc.runs,
+    );
+    m.counter(
+        "gc_aborted_total",
+        "Sweeps abandoned on an incomplete mark (nothing deleted).",
+        gc.aborted,
+    );
+    m.counter(
+        "gc_chunks_freed_total",
+        "Chunks deleted here by garbage collection.",
+        gc.chunks_freed,
+    );
+    m.counter(
+        "gc_bytes_freed_total",
+        "Bytes deleted here by garbage collection.",
+        gc.bytes_freed,
+    );
+    m.gauge(
+        "gc_running",
+        "1 while a garbage-collection sweep runs.",
+        u8::from(gc.running),
+    );
+    m.gauge(
+        "gc_last_run_timestamp_seconds",
+        "Unix time the last sweep ended (0: never).",
+        gc.last_run.unwrap_or(0),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! GET /          a page for people: the ring drawn as a circle, each node's share
-//! GET /status    this node: id, neighbours, fingers, counts, repair progress (JSON)
+//! GET /status    this node: id, neighbours, fingers, counts, repair and gc (JSON)
 //! GET /files     files whose chunks this node holds, walked from the root (JSON)
 //! GET /chunks    every key held here with its size and role (JSON)
 //! GET /ring      every node of the ring, walking successors (JSON)
@@ -237,6 +237,8 @@ struct StatusJson {
     share: f64,
     leaving: bool,
     repair: RepairJson,
+    /// Garbage collection: last run (unix seconds), chunks and bytes freed since start.
+    gc: crate::chord::gc::GcStatus,
     counters: CountersJson,
 }
 
@@ -290,6 +292,7 @@ fn status_of(side: &Sidecar) -> StatusJson {
             progress: repair.progress(),
             status: repair,
         },
+        gc: node.gc.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         counters: CountersJson {
             requests: load(&c.requests),
             chunk_puts: load(&c.chunk_puts),

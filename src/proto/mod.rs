@@ -102,6 +102,28 @@ pub enum Request {
         after: Option<Id>,
         limit: u32,
     },
+    /// Store a copy of a chunk that the sender has held for `age_ms` (repair): a new
+    /// copy keeps that age, a copy already held keeps its own, so repair never makes an
+    /// unreferenced chunk look freshly written to garbage collection.
+    PutChunkCopy {
+        key: Id,
+        data: Bytes,
+        age_ms: u64,
+    },
+    /// The chunk keys referenced by the records held here (every version held, live
+    /// inodes only), records in key order after `after`, at most `limit` records a page.
+    ListChunkRefs {
+        after: Option<Id>,
+        limit: u32,
+    },
+    /// Garbage collection found these chunks unreferenced: delete the copies held here
+    /// that were last stored at least `grace_ms` ago (or this node's own grace, if longer).
+    DropChunks {
+        keys: Vec<Id>,
+        grace_ms: u64,
+    },
+    /// Run a garbage-collection sweep now, and answer with what it freed.
+    CollectGarbage,
 }
 
 /// What a node answers.
@@ -140,6 +162,19 @@ pub enum Response {
     Stats(NodeStats),
     /// A page of held keys: (key, size in bytes, version; 0 for chunks).
     Keys(Vec<KeyInfo>),
+    /// A page of chunk references: the chunks the page's records name, and the last
+    /// record key of the page when more follow (None: the listing is complete).
+    ChunkRefs {
+        chunks: Vec<Id>,
+        next: Option<Id>,
+    },
+    /// Chunks deleted by `DropChunks`, and their bytes.
+    Dropped {
+        chunks: u64,
+        bytes: u64,
+    },
+    /// What a garbage-collection sweep did.
+    Collected(GcReport),
     Error {
         kind: ErrorKind,
         message: String,
@@ -160,6 +195,9 @@ pub enum ErrorKind {
     Storage,
     /// The node is shutting down.
     ShuttingDown,
+    /// A repair copy of a chunk that garbage collection has just freed here: refused,
+    /// so that repair does not hand back what the holders are deleting.
+    Collected,
     Internal,
 }
 
@@ -178,6 +216,26 @@ pub struct NodeStats {
     pub bytes: u64,
     pub disk_total: u64,
     pub disk_free: u64,
+}
+
+/// What one garbage-collection sweep on one node did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Ring members whose records were read in the mark.
+    pub nodes: u32,
+    /// Distinct chunks referenced by any record in the ring.
+    pub referenced: u64,
+    /// Chunks held here before the sweep.
+    pub chunks_held: u64,
+    /// Chunks freed here, and their bytes.
+    pub chunks_freed: u64,
+    pub bytes_freed: u64,
+    /// Unreferenced chunks kept here because they are younger than the grace period.
+    pub kept_young: u64,
+    /// Copies freed on the other holders of the chunks freed here.
+    pub peer_chunks_freed: u64,
+    pub peer_bytes_freed: u64,
+    pub duration_ms: u64,
 }
 
 /// One held key, as listed by `ListKeys`.
@@ -220,7 +278,7 @@ impl Request {
     /// Bytes of bulk data carried (to size the frame buffer).
     pub fn payload_len(&self) -> usize {
         match self {
-            Request::PutChunk { data, .. } => data.len(),
+            Request::PutChunk { data, .. } | Request::PutChunkCopy { data, .. } => data.len(),
             _ => 0,
         }
     }
@@ -232,7 +290,13 @@ impl Request {
                 "chunk of {} bytes exceeds {CHUNK_MAX_BYTES}",
                 data.len()
             )),
-            Request::HaveKeys { keys } if keys.len() > KEYS_MAX => {
+            Request::PutChunkCopy { data, .. } if data.len() > CHUNK_MAX_BYTES => Err(format!(
+                "chunk of {} bytes exceeds {CHUNK_MAX_BYTES}",
+                data.len()
+            )),
+            Request::HaveKeys { keys } | Request::DropChunks { keys, .. }
+                if keys.len() > KEYS_MAX =>
+            {
                 Err(format!("{} keys exceed {KEYS_MAX}", keys.len()))
             }
             Request::FindSuccessor { avoid, .. } if avoid.len() > 1024 => {

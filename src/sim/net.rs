@@ -80,6 +80,7 @@ fn about(req: &Request) -> Option<(Vec<crate::id::Id>, String)> {
             Some((vec![*key], format!("PutChunk replicate={replicate}")))
         }
         Request::GetChunk { key } => Some((vec![*key], "GetChunk".into())),
+        Request::PutChunkCopy { key, .. } => Some((vec![*key], "PutChunkCopy".into())),
         Request::CasRecord { key, expect, .. } => {
             Some((vec![*key], format!("CasRecord expect={expect}")))
         }
@@ -140,6 +141,10 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::HaveKeys { .. } => "HaveKeys",
         Request::Stats => "Stats",
         Request::ListKeys { .. } => "ListKeys",
+        Request::PutChunkCopy { .. } => "PutChunkCopy",
+        Request::ListChunkRefs { .. } => "ListChunkRefs",
+        Request::DropChunks { .. } => "DropChunks",
+        Request::CollectGarbage => "CollectGarbage",
     }
 }
 

@@ -24,10 +24,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
-/// Record writes are serialized per stripe, so a compare-and-set sees no interleaving.
 /// Size of the record lock map at which entries nobody holds are dropped.
 const RECORD_LOCKS_SWEEP_AT: usize = 1024;
+/// Chunk stores and garbage-collection deletes are serialized per stripe, so a store
+/// that finds a chunk held (and refreshes its age) and a delete of that chunk never
+/// interleave: either the delete sees the fresh age, or the store writes the chunk anew.
+const CHUNK_LOCK_STRIPES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,9 +79,10 @@ struct StoredRecord {
 
 pub struct Store {
     dir: PathBuf,
-    /// The in-memory backend: file contents by path. `None` for a real data dir.
+    /// The in-memory backend: file contents and modification time by path. `None` for
+    /// a real data dir.
     // Never held across an await: every access is one map operation.
-    mem: Option<Mutex<BTreeMap<PathBuf, Bytes>>>,
+    mem: Option<Mutex<BTreeMap<PathBuf, (Bytes, SystemTime)>>>,
     // Never held across an await: every access is a short map operation.
     index: Mutex<BTreeMap<Id, Meta>>,
     /// One lock per record key being written (not stripes: a primary holds its key's
@@ -85,6 +90,8 @@ pub struct Store {
     /// shared a stripe to each other would wait on each other until their calls timed
     /// out). Entries nobody holds are swept as the map grows.
     record_locks: Mutex<HashMap<Id, Weak<tokio::sync::Mutex<()>>>>,
+    // Held only inside blocking store code (never across an await); see CHUNK_LOCK_STRIPES.
+    chunk_locks: Vec<Mutex<()>>,
     tmp_seq: AtomicU64,
     /// Bad copies found and dropped since start.
     pub corrupt_found: AtomicU64,
@@ -107,6 +114,7 @@ impl Store {
             mem: None,
             index: Mutex::new(BTreeMap::new()),
             record_locks: Mutex::new(HashMap::new()),
+            chunk_locks: (0..CHUNK_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_seq: AtomicU64::new(0),
             corrupt_found: AtomicU64::new(0),
         };
@@ -122,6 +130,7 @@ impl Store {
             mem: Some(Mutex::new(BTreeMap::new())),
             index: Mutex::new(BTreeMap::new()),
             record_locks: Mutex::new(HashMap::new()),
+            chunk_locks: (0..CHUNK_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_seq: AtomicU64::new(0),
             corrupt_found: AtomicU64::new(0),
         })
@@ -139,7 +148,7 @@ impl Store {
         match &self.mem {
             None => fs::read(path),
             Some(m) => match m.lock().expect("mem lock").get(path) {
-                Some(b) => Ok(b.to_vec()),
+                Some((b, _)) => Ok(b.to_vec()),
                 None => Err(std::io::ErrorKind::NotFound.into()),
             },
         }
@@ -225,12 +234,22 @@ impl Store {
         self.dir.join(top).join(&hex[..2]).join(hex)
     }
 
-    /// Writes `bytes` to `path` atomically and durably.
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Writes `bytes` to `path` atomically and durably; with `mtime`, the file carries
+    /// that modification time (a chunk copy keeps its sender's age).
+    fn write_atomic(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        mtime: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
         if let Some(m) = &self.mem {
-            m.lock()
-                .expect("mem lock")
-                .insert(path.to_path_buf(), Bytes::copy_from_slice(bytes));
+            m.lock().expect("mem lock").insert(
+                path.to_path_buf(),
+                (
+                    Bytes::copy_from_slice(bytes),
+                    mtime.unwrap_or_else(SystemTime::now),
+                ),
+            );
             return Ok(());
         }
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
@@ -243,6 +262,9 @@ impl Store {
         let result = (|| {
             let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
             f.write_all(bytes).map_err(io_err(&tmp))?;
+            if let Some(t) = mtime {
+                f.set_modified(t).map_err(io_err(&tmp))?;
+            }
             f.sync_all().map_err(io_err(&tmp))?;
             fs::rename(&tmp, path).map_err(io_err(path))?;
             fs::File::open(parent)
@@ -297,7 +319,8 @@ impl Store {
         (chunks, records, bytes)
     }
 
-    /// Stores a chunk after checking its hash. Returns false when it was already held.
+    /// Stores a chunk after checking its hash. Returns false when it was already held
+    /// (its age is then refreshed: a writer is about to reference it).
     pub async fn put_chunk(self: &Arc<Self>, key: Id, data: Bytes) -> Result<bool, StoreError> {
         self.blocking(move |s| s.put_chunk_blocking(key, &data))
             .await
@@ -308,7 +331,7 @@ impl Store {
         if actual != key {
             return Err(StoreError::HashMismatch { key, actual });
         }
-        self.store_chunk_blocking(key, data)
+        self.store_chunk_blocking(key, data, None)
     }
 
     /// Stores a chunk whose bytes the caller has just checked against `key` (a primary
@@ -318,16 +341,61 @@ impl Store {
         key: Id,
         data: Bytes,
     ) -> Result<bool, StoreError> {
-        self.blocking(move |s| s.store_chunk_blocking(key, &data))
+        self.blocking(move |s| s.store_chunk_blocking(key, &data, None))
             .await
     }
 
-    fn store_chunk_blocking(&self, key: Id, data: &[u8]) -> Result<bool, StoreError> {
-        if self.meta(&key).is_some() {
-            return Ok(false);
-        }
+    /// Stores a copy of a chunk that another holder has kept for `age` (repair): a new
+    /// copy is as old as the sender's, and a copy held already keeps its own age, so
+    /// repair never makes an unreferenced chunk look freshly written.
+    pub async fn put_chunk_copy(
+        self: &Arc<Self>,
+        key: Id,
+        data: Bytes,
+        age: Duration,
+    ) -> Result<bool, StoreError> {
+        self.blocking(move |s| {
+            let actual = Id::hash(&data);
+            if actual != key {
+                return Err(StoreError::HashMismatch { key, actual });
+            }
+            s.store_chunk_blocking(key, &data, Some(age))
+        })
+        .await
+    }
+
+    fn chunk_lock(&self, key: &Id) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = key.0[19] as usize % CHUNK_LOCK_STRIPES;
+        self.chunk_locks[stripe].lock().expect("chunk lock")
+    }
+
+    /// `age`: None for a writer's store (a held chunk's age is refreshed), Some for a
+    /// repair copy (written that old; a held chunk is left alone).
+    fn store_chunk_blocking(
+        &self,
+        key: Id,
+        data: &[u8],
+        age: Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let _stripe = self.chunk_lock(&key);
         let path = self.path_of(EntryKind::Chunk, &key);
-        self.write_atomic(&path, data)?;
+        if self.meta(&key).is_some() {
+            if age.is_some() {
+                return Ok(false);
+            }
+            match self.set_mtime(&path, SystemTime::now()) {
+                Ok(()) => return Ok(false),
+                // Gone from disk behind the index's back: write it again below.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.forget(&key),
+                Err(e) => return Err(StoreError::Io { path, source: e }),
+            }
+        }
+        let mtime = age.map(|a| {
+            SystemTime::now()
+                .checked_sub(a)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        });
+        self.write_atomic(&path, data, mtime)?;
         self.index.lock().expect("index lock").insert(
             key,
             Meta {
@@ -338,6 +406,67 @@ impl Store {
             },
         );
         Ok(true)
+    }
+
+    fn set_mtime(&self, path: &Path, t: SystemTime) -> std::io::Result<()> {
+        match &self.mem {
+            None => fs::File::open(path)?.set_modified(t),
+            Some(m) => match m.lock().expect("mem lock").get_mut(path) {
+                Some((_, mtime)) => {
+                    *mtime = t;
+                    Ok(())
+                }
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            },
+        }
+    }
+
+    fn mtime_of(&self, path: &Path) -> std::io::Result<SystemTime> {
+        match &self.mem {
+            None => fs::metadata(path)?.modified(),
+            Some(m) => match m.lock().expect("mem lock").get(path) {
+                Some((_, t)) => Ok(*t),
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            },
+        }
+    }
+
+    /// How long ago a held chunk was last stored (written, or found held by a writer's
+    /// store). None when not held. A modification time in the future counts as now.
+    pub fn chunk_age(&self, key: &Id) -> Option<Duration> {
+        match self.meta(key) {
+            Some(m) if m.kind == EntryKind::Chunk => {}
+            _ => return None,
+        }
+        let t = self.mtime_of(&self.path_of(EntryKind::Chunk, key)).ok()?;
+        Some(
+            SystemTime::now()
+                .duration_since(t)
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+
+    /// Deletes a held chunk when it was last stored at least `grace` ago, checked under
+    /// its stripe lock (so no writer's store slips in between). Returns the bytes freed,
+    /// or None when the chunk is not held or too young.
+    pub async fn delete_chunk_if_older(
+        self: &Arc<Self>,
+        key: Id,
+        grace: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        self.blocking(move |s| {
+            let _stripe = s.chunk_lock(&key);
+            let Some(meta) = s.meta(&key).filter(|m| m.kind == EntryKind::Chunk) else {
+                return Ok(None);
+            };
+            match s.chunk_age(&key) {
+                Some(age) if age >= grace => {}
+                _ => return Ok(None),
+            }
+            s.delete(&key)?;
+            Ok(Some(meta.size))
+        })
+        .await
     }
 
     /// Reads a chunk, checking its hash unless this process already has (see
@@ -513,7 +642,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let bytes = encode_record_file(version, record)?;
         let path = self.path_of(EntryKind::Record, &key);
-        self.write_atomic(&path, &bytes)?;
+        self.write_atomic(&path, &bytes, None)?;
         self.index.lock().expect("index lock").insert(
             key,
             Meta {
@@ -674,6 +803,49 @@ mod tests {
             store.lock_record(&a).now_or_never().is_some(),
             "a not released"
         );
+    }
+
+    /// The ages garbage collection relies on, on disk and in memory: a writer's store
+    /// refreshes a held chunk's age; a repair copy is written as old as its sender's and
+    /// leaves a held copy's age alone; a delete spares young chunks.
+    #[tokio::test]
+    async fn chunk_ages_follow_writers_not_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [Store::open(dir.path()).unwrap(), Store::memory()] {
+            let hour = Duration::from_secs(3600);
+            let data = Bytes::from_static(b"aged chunk");
+            let key = Id::hash(&data);
+            assert!(store
+                .put_chunk_copy(key, data.clone(), 2 * hour)
+                .await
+                .unwrap());
+            assert!(store.chunk_age(&key).unwrap() >= 2 * hour - Duration::from_secs(5));
+            // A writer storing it again: young again, so a delete spares it.
+            assert!(!store.put_chunk(key, data.clone()).await.unwrap());
+            assert!(store.chunk_age(&key).unwrap() < hour);
+            assert_eq!(store.delete_chunk_if_older(key, hour).await.unwrap(), None);
+            // A repair copy of a held chunk leaves its (young) age alone.
+            assert!(!store
+                .put_chunk_copy(key, data.clone(), 2 * hour)
+                .await
+                .unwrap());
+            assert_eq!(store.delete_chunk_if_older(key, hour).await.unwrap(), None);
+            assert!(store.meta(&key).is_some());
+            // Old and unreferenced: freed, with its size.
+            let other = Bytes::from_static(b"old chunk");
+            let okey = Id::hash(&other);
+            store.put_chunk_copy(okey, other, 2 * hour).await.unwrap();
+            assert_eq!(
+                store.delete_chunk_if_older(okey, hour).await.unwrap(),
+                Some(9)
+            );
+            assert!(store.meta(&okey).is_none() && store.chunk_age(&okey).is_none());
+            // A copy whose bytes do not match its key is refused.
+            assert!(matches!(
+                store.put_chunk_copy(okey, data.clone(), hour).await,
+                Err(StoreError::HashMismatch { .. })
+            ));
+        }
     }
 
     #[tokio::test]

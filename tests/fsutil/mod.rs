@@ -74,6 +74,11 @@ pub struct Ring {
 impl Ring {
     /// Starts `n` nodes with `replicas` copies and waits until every node is in the ring.
     pub fn start(n: usize, replicas: usize) -> Ring {
+        Ring::start_with(n, replicas, &[])
+    }
+
+    /// As `start`, with extra `chordfs node` arguments.
+    pub fn start_with(n: usize, replicas: usize, extra: &[&str]) -> Ring {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut ring = Ring {
             nodes: Vec::new(),
@@ -100,7 +105,8 @@ impl Ring {
                     &replicas.to_string(),
                     "--rpc-timeout-ms",
                     "1000",
-                ]);
+                ])
+                .args(extra);
             if let Some(first) = ring.nodes.first() {
                 cmd.args(["--join", &first.addr]);
             }
