@@ -241,6 +241,7 @@ impl Store {
         path: &Path,
         bytes: &[u8],
         mtime: Option<SystemTime>,
+        keep_cached: bool,
     ) -> Result<(), StoreError> {
         if let Some(m) = &self.mem {
             m.lock().expect("mem lock").insert(
@@ -266,6 +267,9 @@ impl Store {
                 f.set_modified(t).map_err(io_err(&tmp))?;
             }
             f.sync_all().map_err(io_err(&tmp))?;
+            if !keep_cached {
+                drop_cached_pages(&f);
+            }
             fs::rename(&tmp, path).map_err(io_err(path))?;
             fs::File::open(parent)
                 .and_then(|d| d.sync_all())
@@ -395,7 +399,10 @@ impl Store {
                 .checked_sub(a)
                 .unwrap_or(SystemTime::UNIX_EPOCH)
         });
-        self.write_atomic(&path, data, mtime)?;
+        // Chunk bytes are not kept in the page cache once durable: readers have their own
+        // cache, and on this kind of VM filling the page cache with new pages costs more
+        // than the write (a 256 KiB fsync'ed write ran at 316 MB/s, 647 MB/s with this).
+        self.write_atomic(&path, data, mtime, false)?;
         self.index.lock().expect("index lock").insert(
             key,
             Meta {
@@ -642,7 +649,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let bytes = encode_record_file(version, record)?;
         let path = self.path_of(EntryKind::Record, &key);
-        self.write_atomic(&path, &bytes, None)?;
+        self.write_atomic(&path, &bytes, None, true)?;
         self.index.lock().expect("index lock").insert(
             key,
             Meta {
@@ -693,6 +700,17 @@ fn parse_record(bytes: &[u8]) -> Option<(u64, Record)> {
 }
 
 /// Total and free bytes of the filesystem holding `dir`.
+/// Tells the kernel a file's cached pages will not be read soon (they are written back
+/// already: the file was just synced).
+fn drop_cached_pages(f: &fs::File) {
+    use std::os::fd::AsRawFd;
+    #[allow(unsafe_code)]
+    // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open for the call.
+    unsafe {
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
 pub fn disk_space(dir: &Path) -> (u64, u64) {
     #[allow(unsafe_code)]
     fn statvfs(dir: &Path) -> Option<(u64, u64)> {
