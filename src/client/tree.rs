@@ -245,9 +245,23 @@ impl Client {
         &self,
         parent: &Id,
         name: &str,
-        mut inode: Inode,
+        inode: Inode,
         known_parent: Option<InodeRef>,
     ) -> Result<InodeRef> {
+        self.create_child_in(parent, name, inode, known_parent)
+            .await
+            .map(|(child, _)| child)
+    }
+
+    /// [`Client::create_child`], also returning the parent directory as written, so a
+    /// caller that caches directories need not read it again.
+    pub async fn create_child_in(
+        &self,
+        parent: &Id,
+        name: &str,
+        mut inode: Inode,
+        known_parent: Option<InodeRef>,
+    ) -> Result<(InodeRef, InodeRef)> {
         check_name(name)?;
         let id = Id::random();
         inode.parent = *parent;
@@ -281,7 +295,7 @@ impl Client {
         });
         let (written, linked) = tokio::join!(write_inode, link);
         match (written, linked) {
-            (Ok(version), Ok(_)) => Ok(InodeRef { id, version, inode }),
+            (Ok(version), Ok((_, dir))) => Ok((InodeRef { id, version, inode }, dir)),
             (written, Err(e)) => {
                 if written.is_ok() {
                     let _ = self.delete_inode(&id).await;

@@ -295,12 +295,24 @@ impl Fs {
         if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
             inode.rdev = rdev;
         }
-        let res = self
+        match self
             .client()
-            .create_child(&pid, name, inode, Some((*dir).clone()))
-            .await;
-        self.forget_dirs(&[pid]);
-        res.map_err(|e| log_errno("create", &e))
+            .create_child_in(&pid, name, inode, Some((*dir).clone()))
+            .await
+        {
+            Ok((child, dir)) => {
+                // The directory as this create wrote it: the next create or lookup in
+                // it needs no read.
+                if !self.cfg.ttl.is_zero() {
+                    self.dir_cache.insert(pid, Arc::new(dir));
+                }
+                Ok(child)
+            }
+            Err(e) => {
+                self.forget_dirs(&[pid]);
+                Err(log_errno("create", &e))
+            }
+        }
     }
 
     /// Removes a name; deletes the inode when no name and no open handle is left.
