@@ -22,9 +22,9 @@
 
 mod common;
 
-use common::{assert_same, bin, random_bytes};
+use common::{assert_same, bin, kill_with_parent, random_bytes, tail};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,25 +71,6 @@ fn must(prog: &str, args: &[&str]) {
     if let Err(e) = sh(prog, args) {
         panic!("{e}");
     }
-}
-
-/// `cmd` gets SIGKILL when the test process dies without running destructors.
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    #[allow(unsafe_code)]
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = s.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// How one `chordfs` client call ended.
@@ -227,7 +208,7 @@ impl Net {
         if i > 0 {
             cmd.args(["--join", &node_addr(0)]);
         }
-        die_with_parent(&mut cmd);
+        kill_with_parent(&mut cmd);
         // `ip netns exec` execs the command: the child's pid is the node's.
         let mut child = cmd.spawn().expect("spawn ip netns exec chordfs node");
         let info = data.join("node.json");
@@ -281,7 +262,7 @@ impl Net {
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&out_path).expect("out")))
             .stderr(Stdio::from(std::fs::File::create(&err_path).expect("err")));
-        die_with_parent(&mut cmd);
+        kill_with_parent(&mut cmd);
         let started = Instant::now();
         let mut child = cmd.spawn().expect("spawn client");
         let max_polls = HANG.as_millis() / 20 + 1;

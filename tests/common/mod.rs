@@ -584,7 +584,7 @@ fn signal(pid: i32, sig: i32) {
 
 /// The child gets SIGKILL if the test process dies without running destructors (a
 /// killed `cargo test`), so no node outlives its test.
-fn kill_with_parent(cmd: &mut Command) {
+pub fn kill_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     #[allow(unsafe_code)]
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
@@ -596,7 +596,8 @@ fn kill_with_parent(cmd: &mut Command) {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a log file (empty when unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
