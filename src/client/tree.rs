@@ -93,12 +93,34 @@ impl Client {
     pub async fn update_inode<T>(
         &self,
         id: &Id,
+        change: impl FnMut(&mut Inode) -> Result<T>,
+    ) -> Result<(T, InodeRef)> {
+        self.update_inode_from(None, id, change).await
+    }
+
+    /// Like [`Client::update_inode`], but first tries `known`, a copy of the record the
+    /// caller already holds, so an uncontended update is one write and no read. A
+    /// conflict, or `change` refusing the copy, falls back to the newest version.
+    pub async fn update_inode_from<T>(
+        &self,
+        known: Option<InodeRef>,
+        id: &Id,
         mut change: impl FnMut(&mut Inode) -> Result<T>,
     ) -> Result<(T, InodeRef)> {
-        for attempt in 0..CAS_ATTEMPTS {
-            let cur = self.get_inode(id).await?;
-            let mut inode = cur.inode.clone();
-            let out = change(&mut inode)?;
+        let mut known = known.filter(|k| k.id == *id && k.version > 0);
+        let mut attempt = 0;
+        while attempt < CAS_ATTEMPTS {
+            // The caller's copy is one extra try, not one of the CAS_ATTEMPTS reads.
+            let (cur, optimistic) = match known.take() {
+                Some(k) => (k, true),
+                None => (self.get_inode(id).await?, false),
+            };
+            let mut inode = cur.inode;
+            let out = match change(&mut inode) {
+                Ok(out) => out,
+                Err(_) if optimistic => continue,
+                Err(e) => return Err(e),
+            };
             match self
                 .cas_record(id, cur.version, Record::Inode(Box::new(inode.clone())))
                 .await?
@@ -113,41 +135,15 @@ impl Client {
                         },
                     ))
                 }
+                Cas::Conflict(_) if optimistic => {}
                 Cas::Conflict(_) => {
                     let jitter = rand::random::<u64>() % (1 + (attempt as u64).min(20));
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    attempt += 1;
                 }
             }
         }
         Err(ClientError::Contended(format!("inode {}", id.short())))
-    }
-
-    /// Like [`Client::update_inode`], but first tries `known`, a copy of the record the
-    /// caller already holds, so an uncontended update is one write and no read. A
-    /// conflict, or `change` refusing the copy, falls back to the newest version.
-    pub async fn update_inode_from<T>(
-        &self,
-        known: Option<InodeRef>,
-        id: &Id,
-        mut change: impl FnMut(&mut Inode) -> Result<T>,
-    ) -> Result<(T, InodeRef)> {
-        if let Some(cur) = known.filter(|k| k.id == *id && k.version > 0) {
-            let mut inode = cur.inode;
-            if let Ok(out) = change(&mut inode) {
-                let rec = Record::Inode(Box::new(inode.clone()));
-                if let Cas::Done(version) = self.cas_record(id, cur.version, rec).await? {
-                    return Ok((
-                        out,
-                        InodeRef {
-                            id: *id,
-                            version,
-                            inode,
-                        },
-                    ));
-                }
-            }
-        }
-        self.update_inode(id, change).await
     }
 
     /// Writes a tombstone for an inode nothing refers to any more.
