@@ -490,10 +490,6 @@ impl Store {
             .await
     }
 
-    pub fn get_chunk_blocking(&self, key: Id) -> Result<Option<Bytes>, StoreError> {
-        self.read_chunk_blocking(key, true)
-    }
-
     fn read_chunk_blocking(
         &self,
         key: Id,
