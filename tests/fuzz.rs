@@ -236,13 +236,28 @@ fn request() -> impl Strategy<Value = Request> {
             expect,
             record
         }),
-        (id(), any::<u64>(), record()).prop_map(|(key, version, record)| {
+        (id(), any::<u64>(), record(), any::<u64>()).prop_map(|(key, version, record, write)| {
             Request::PutRecordCopy {
                 key,
                 version,
                 record,
+                write,
             }
         }),
+        (
+            id(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of((any::<u64>(), record()))
+        )
+            .prop_map(|(key, version, write, previous)| {
+                Request::RevertRecordCopy {
+                    key,
+                    version,
+                    write,
+                    previous,
+                }
+            }),
         (id(), any::<bool>()).prop_map(|(key, pull)| Request::GetRecord { key, pull }),
         ids(64).prop_map(|keys| Request::HaveKeys { keys }),
         Just(Request::Stats),
@@ -287,9 +302,10 @@ fn request_variant(r: &Request) -> usize {
         Request::ListChunkRefs { .. } => 15,
         Request::DropChunks { .. } => 16,
         Request::CollectGarbage => 17,
+        Request::RevertRecordCopy { .. } => 18,
     }
 }
-const REQUEST_VARIANTS: usize = 18;
+const REQUEST_VARIANTS: usize = 19;
 
 fn node_stats() -> impl Strategy<Value = NodeStats> {
     any::<[u64; 5]>().prop_map(

@@ -8,6 +8,7 @@ use crate::proto::{ErrorKind, NodeState, NodeStats, Peer, Record, Request, Respo
 use crate::store::{self, Store};
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -102,6 +103,15 @@ pub struct Node {
     /// Chunks garbage collection freed here lately, refused as repair copies.
     // Never held across an await: one map operation at a time.
     pub freed: Mutex<super::gc::Freed>,
+    /// Records this node holds outside its range, since when (see `repair_group`).
+    // Never held across an await: one map operation at a time.
+    pub strays: Mutex<HashMap<Id, tokio::time::Instant>>,
+    /// Peers that announced their leave lately, and when (see `note_departed`).
+    // Never held across an await: one update at a time.
+    pub departed: Mutex<Vec<(Id, tokio::time::Instant)>>,
+    /// Record copies stored here lately for a primary's write: key -> (version, write
+    /// id), so a `RevertRecordCopy` undoes that write's copy and no other.
+    pub record_writes: moka::sync::Cache<Id, (u64, u64)>,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -150,6 +160,12 @@ impl Node {
             gc: Mutex::new(super::gc::GcStatus::default()),
             gc_lock: tokio::sync::Mutex::new(()),
             freed: Mutex::new(super::gc::Freed::default()),
+            strays: Mutex::new(HashMap::new()),
+            departed: Mutex::new(Vec::new()),
+            record_writes: moka::sync::Cache::builder()
+                .max_capacity(65_536)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
         })
     }
 
@@ -285,25 +301,47 @@ impl Node {
     /// Sends `req` (built per target) to successors until `want` of them acknowledge.
     /// Returns how many did.
     async fn replicate(&self, want: usize, make: impl Fn() -> Request) -> usize {
+        self.replicate_to(want, make).await.acked.len()
+    }
+
+    /// Sends `req` (built per target) to successors until `want` of them acknowledge.
+    /// Returns who acknowledged and who was asked but did not (refused, or silent: a
+    /// timed-out copy may still have been stored).
+    async fn replicate_to(&self, want: usize, make: impl Fn() -> Request) -> Replicated {
+        let mut out = Replicated::default();
         if want == 0 {
-            return 0;
+            return out;
         }
         let targets = self.replica_targets();
-        let mut acked = 0;
         let mut next = 0;
-        while acked < want && next < targets.len() {
-            let batch: Vec<Peer> = targets[next..(next + want - acked).min(targets.len())].to_vec();
+        while out.acked.len() < want && next < targets.len() && out.newer.is_none() {
+            let batch: Vec<Peer> =
+                targets[next..(next + want - out.acked.len()).min(targets.len())].to_vec();
             next += batch.len();
-            let calls = batch.iter().map(|p| self.call(p, make()));
-            for (p, res) in batch.iter().zip(futures::future::join_all(calls).await) {
+            let results =
+                futures::future::join_all(batch.iter().map(|p| self.call(p, make()))).await;
+            for (p, res) in batch.into_iter().zip(results) {
                 match res {
-                    Ok(Response::Ok) | Ok(Response::Stored { .. }) => acked += 1,
-                    Ok(other) => tracing::warn!("replica {} answered {other:?}", p.addr),
-                    Err(e) => tracing::debug!("replica {} failed: {e}", p.addr),
+                    Ok(Response::Ok) | Ok(Response::Stored { .. }) => out.acked.push(p),
+                    Ok(Response::Conflict { current }) => {
+                        tracing::debug!("replica {} holds version {current} already", p.addr);
+                        if out.newer.as_ref().is_none_or(|(v, _)| current > *v) {
+                            out.newer = Some((current, p.clone()));
+                        }
+                        out.missed.push(p);
+                    }
+                    Ok(other) => {
+                        tracing::warn!("replica {} answered {other:?}", p.addr);
+                        out.missed.push(p);
+                    }
+                    Err(e) => {
+                        tracing::debug!("replica {} failed: {e}", p.addr);
+                        out.missed.push(p);
+                    }
                 }
             }
         }
-        acked
+        out
     }
 
     /// Copies required for a write to succeed: R, or every live node when fewer. Peers
@@ -356,6 +394,9 @@ impl Node {
     }
 
     /// The newest copy of a record among this node and its replicas, stored here if newer.
+    /// Two different bodies under one version (a write that failed and could not be
+    /// taken back everywhere, next to an acknowledged one) go to the body more of them
+    /// hold: an acknowledged write reached R nodes, a failed one fewer.
     async fn pull_record(&self, key: Id) -> Option<(u64, Record)> {
         let local = self.store.get_record(key).await.ok().flatten();
         let targets = self.replica_targets();
@@ -363,23 +404,28 @@ impl Node {
         let calls = targets[..want]
             .iter()
             .map(|p| self.call(p, Request::GetRecord { key, pull: false }));
-        let mut best = local.clone();
+        let mut copies: Vec<(u64, Record)> = local.iter().cloned().collect();
         for res in futures::future::join_all(calls).await {
             if let Ok(Response::Record { version, record }) = res {
-                if best.as_ref().is_none_or(|(v, _)| version > *v) {
-                    best = Some((version, record));
-                }
+                copies.push((version, record));
             }
         }
-        if let Some((v, rec)) = &best {
-            if local.as_ref().is_none_or(|(lv, _)| v > lv) {
-                let _ = self
-                    .store
-                    .put_record_if(key, *v, rec.clone(), |cur| *v > cur)
-                    .await;
+        let best = newest_copy(&copies, local.as_ref())?;
+        if local.as_ref() != Some(&best) {
+            let (v, rec) = best.clone();
+            let _guard = self.store.lock_record(&key).await;
+            let current = self.store.get_record(key).await.ok().flatten();
+            // Unchanged since read, or older: replace it.
+            let replace = match &current {
+                None => true,
+                Some((cv, _)) if *cv < v => true,
+                Some(c) => c.0 == v && Some(c) == local.as_ref(),
+            };
+            if replace {
+                let _ = self.store.write_record(key, v, rec).await;
             }
         }
-        best
+        Some(best)
     }
 
     async fn cas_record(&self, key: Id, expect: u64, record: Record) -> Response {
@@ -416,27 +462,138 @@ impl Node {
         if current != expect {
             return Response::Conflict { current };
         }
+        let previous = match self.store.get_record(key).await {
+            Ok(p) => p,
+            Err(e) => return store_error(e),
+        };
         let required = self.required_copies();
+        let write = rand::random::<u64>() | 1;
         // The local copy and the replicas' are written at once: one fsync latency, not two.
-        let (local, more) = tokio::join!(
+        let (local, sent) = tokio::join!(
             self.store.write_record(key, version, record.clone()),
-            self.replicate(required - 1, || Request::PutRecordCopy {
+            self.replicate_to(required - 1, || Request::PutRecordCopy {
                 key,
                 version,
                 record: record.clone(),
+                write,
             })
         );
-        if let Err(e) = local {
-            return store_error(e);
+        let copies = usize::from(local.is_ok()) + sent.acked.len();
+        if let Some((current, holder)) = sent.newer.clone() {
+            // A replica is ahead of this primary: the version read here was stale (a
+            // primary back from a restart whose successor list still misses the node
+            // that served its range meanwhile; CHORDFS_SIM_SEED=464). Take the write
+            // back, learn the newer record, and let the client read again.
+            self.revert_record(key, version, write, previous, local.is_ok(), sent)
+                .await;
+            if let Ok(Response::Record {
+                version: v,
+                record: r,
+            }) = self
+                .call(&holder, Request::GetRecord { key, pull: false })
+                .await
+            {
+                if v > self.store.record_version(&key) {
+                    if let Err(e) = self.store.write_record(key, v, r).await {
+                        return store_error(e);
+                    }
+                }
+            }
+            return Response::Conflict {
+                current: current.max(self.store.record_version(&key)),
+            };
         }
-        if 1 + more < required {
-            return Response::error(
-                ErrorKind::Unavailable,
-                format!("only {} of {required} copies durable", 1 + more),
-            );
+        if copies < required {
+            // Not acknowledged: take the write back everywhere it may have landed.
+            // Left in place, this version could later meet an acknowledged write of the
+            // same number made elsewhere (the other side of a partition) and win, as
+            // the holder's own copy, over it (found by tests/netns.rs: a directory entry
+            // acknowledged by the majority vanished after the heal).
+            self.revert_record(key, version, write, previous, local.is_ok(), sent)
+                .await;
+            return match local {
+                Err(e) => store_error(e),
+                Ok(()) => Response::error(
+                    ErrorKind::Unavailable,
+                    format!("only {copies} of {required} copies durable"),
+                ),
+            };
         }
         Response::Stored {
-            copies: (1 + more) as u32,
+            copies: copies as u32,
+        }
+    }
+
+    /// Undoes a record write that did not reach enough copies, with the record's lock
+    /// held by the caller: here, on the replicas that stored it (awaited: they just
+    /// answered), and on those that did not answer (in the background: a timed-out copy
+    /// may have landed). A holder reverts only the very body at the very version.
+    async fn revert_record(
+        &self,
+        key: Id,
+        version: u64,
+        write: u64,
+        previous: Option<(u64, Record)>,
+        local_written: bool,
+        sent: Replicated,
+    ) {
+        if local_written {
+            let undone = match previous.clone() {
+                Some((v, r)) => self.store.write_record(key, v, r).await,
+                None => self.store.delete(&key),
+            };
+            if let Err(e) = undone {
+                tracing::warn!("could not take back failed write of {key} v{version}: {e}");
+            }
+        }
+        let undo = || Request::RevertRecordCopy {
+            key,
+            version,
+            write,
+            previous: previous.clone(),
+        };
+        // Those that did not answer get a short wait only: this is a failed write's path
+        // already, and a copy that did land there loses to an acknowledged one anyway
+        // when versions tie (see `pull_record`).
+        let short = self.cfg.rpc_timeout.min(Duration::from_secs(1));
+        let calls = sent
+            .acked
+            .iter()
+            .map(|p| (p, self.cfg.rpc_timeout))
+            .chain(sent.missed.iter().map(|p| (p, short)))
+            .map(|(p, t)| async move { (p, self.net.call(&p.addr, undo(), t).await) });
+        for (p, res) in futures::future::join_all(calls).await {
+            if !matches!(res, Ok(Response::Ok)) {
+                tracing::debug!(
+                    "replica {} did not take back {key} v{version}: {res:?}",
+                    p.addr
+                );
+            }
+        }
+    }
+
+    /// A replica's side of [`Node::revert_record`].
+    async fn revert_record_copy(
+        &self,
+        key: Id,
+        version: u64,
+        write: u64,
+        previous: Option<(u64, Record)>,
+    ) -> Response {
+        let _guard = self.store.lock_record(&key).await;
+        if self.store.record_version(&key) != version
+            || self.record_writes.get(&key) != Some((version, write))
+        {
+            return Response::Ok;
+        }
+        self.record_writes.invalidate(&key);
+        let undone = match previous {
+            Some((v, r)) => self.store.write_record(key, v, r).await,
+            None => self.store.delete(&key),
+        };
+        match undone {
+            Ok(()) => Response::Ok,
+            Err(e) => store_error(e),
         }
     }
 
@@ -501,6 +658,7 @@ impl Node {
                     r.remove(&peer.id);
                 }
                 drop(r);
+                self.note_departed(&peer);
                 self.repair_wake.notify_one();
                 Response::Ok
             }
@@ -545,13 +703,32 @@ impl Node {
                 key,
                 version,
                 record,
+                write,
             } => {
-                match self
-                    .store
-                    .put_record_if(key, version, record.clone(), |cur| version > cur)
-                    .await
-                {
-                    Ok((_, true)) => Response::Ok,
+                let _guard = self.store.lock_record(&key).await;
+                let current = self.store.record_version(&key);
+                let stored = if version > current {
+                    self.store
+                        .write_record(key, version, record.clone())
+                        .await
+                        .map(|()| (version, true))
+                } else {
+                    Ok((current, false))
+                };
+                // The copy held now belongs to this write (a retry that meets its
+                // earlier attempt's copy adopts it), or to none (repair).
+                let adopt = |held: bool| {
+                    if held && write != 0 {
+                        self.record_writes.insert(key, (version, write));
+                    } else if held {
+                        self.record_writes.invalidate(&key);
+                    }
+                };
+                match stored {
+                    Ok((_, true)) => {
+                        adopt(true);
+                        Response::Ok
+                    }
                     // Held already: fine if it is this very write (a repeat, or repair).
                     // Otherwise another write took this version or a later one, and
                     // this is no copy of it: say so, so the primary does not count it
@@ -559,12 +736,21 @@ impl Node {
                     // primary with a stale version had its CAS "replicated" to replicas
                     // holding another write of that version; CHORDFS_SIM_SEED=100).
                     Ok((current, false)) => match self.store.get_record(key).await {
-                        Ok(Some((v, r))) if v == version && r == record => Response::Ok,
+                        Ok(Some((v, r))) if v == version && r == record => {
+                            adopt(true);
+                            Response::Ok
+                        }
                         _ => Response::Conflict { current },
                     },
                     Err(e) => store_error(e),
                 }
             }
+            Request::RevertRecordCopy {
+                key,
+                version,
+                write,
+                previous,
+            } => self.revert_record_copy(key, version, write, previous).await,
             Request::GetRecord { key, pull } => {
                 if pull && !self.is_primary(&key) {
                     // Not an authoritative "absent": the caller's view is stale.
@@ -655,10 +841,39 @@ fn refused_while_leaving(req: &Request) -> bool {
             | Request::PutChunk { .. }
             | Request::PutChunkCopy { .. }
             | Request::PutRecordCopy { .. }
+            | Request::RevertRecordCopy { .. }
             | Request::CasRecord { .. }
             | Request::DropChunks { .. }
             | Request::CollectGarbage
     )
+}
+
+/// The copy to keep among `copies` of a record: the highest version; within it, the
+/// body most copies hold; on a tie, `local`'s.
+fn newest_copy(copies: &[(u64, Record)], local: Option<&(u64, Record)>) -> Option<(u64, Record)> {
+    let top = copies.iter().map(|(v, _)| *v).max()?;
+    let mut best: Option<(&(u64, Record), usize)> = None;
+    for c in copies.iter().filter(|(v, _)| *v == top) {
+        let n = copies.iter().filter(|o| *o == c).count();
+        let better = match best {
+            None => true,
+            Some((b, bn)) => n > bn || (n == bn && Some(c) == local && Some(b) != local),
+        };
+        if better {
+            best = Some((c, n));
+        }
+    }
+    best.map(|(c, _)| c.clone())
+}
+
+/// Where a replicated write landed: see [`Node::replicate_to`].
+#[derive(Default)]
+struct Replicated {
+    acked: Vec<Peer>,
+    missed: Vec<Peer>,
+    /// A replica that refused a record copy because it holds that version or a later
+    /// one: the highest such version and who holds it. Replication stops there.
+    newer: Option<(u64, Peer)>,
 }
 
 fn store_error(e: store::StoreError) -> Response {

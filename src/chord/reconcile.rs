@@ -31,7 +31,7 @@ pub struct Lost {
 impl Node {
     /// Remembers `peer` as dropped for failing to answer (not for leaving).
     pub fn note_lost(&self, peer: &Peer) {
-        if peer.id == self.me.id {
+        if peer.id == self.me.id || self.departed_lately(peer) {
             return;
         }
         let mut lost = self.lost.lock().expect("lost lock");
@@ -43,6 +43,28 @@ impl Node {
         if lost.len() > LOST_MAX {
             lost.remove(0);
         }
+    }
+
+    /// Remembers that `peer` announced its leave: it is gone, not lost, even when a call
+    /// that was already on its way to it fails afterwards. Without this, a stabilize
+    /// round that raced the leave noted the leaver as lost, and the last node of a ring
+    /// shrunk by leaves stayed unsure of its range, refusing every request as "not the
+    /// primary" for the lost peer's lifetime (found by tests/migration.rs under load).
+    pub fn note_departed(&self, peer: &Peer) {
+        self.forget_lost(peer);
+        let mut departed = self.departed.lock().expect("departed lock");
+        departed.retain(|(id, _)| *id != peer.id);
+        departed.push((peer.id, tokio::time::Instant::now()));
+        if departed.len() > LOST_MAX {
+            departed.remove(0);
+        }
+    }
+
+    fn departed_lately(&self, peer: &Peer) -> bool {
+        let ttl = self.cfg.check_predecessor_every * LOST_TTL_CHECKS;
+        let mut departed = self.departed.lock().expect("departed lock");
+        departed.retain(|(_, at)| at.elapsed() < ttl);
+        departed.iter().any(|(id, _)| *id == peer.id)
     }
 
     fn forget_lost(&self, peer: &Peer) {

@@ -191,16 +191,21 @@ impl Node {
         // copies lets such views delete every copy, one node after another: keep ours
         // unless R others have it (or this node is leaving anyway).
         let may_drop = needed > 0 && (leaving || needed >= self.cfg.replicas);
-        for ((key, _), c) in group.iter().zip(confirmed) {
+        for ((key, meta), c) in group.iter().zip(confirmed) {
             let copies = c + usize::from(keep_here);
             if copies < self.cfg.replicas.min(holders.len()) {
                 under += 1;
             }
             if keep_here {
+                self.strays.lock().expect("strays lock").remove(key);
                 continue;
             }
             if may_drop && c >= needed {
+                if meta.kind == EntryKind::Record && !leaving && !self.stray_record_expired(key) {
+                    continue;
+                }
                 if self.store.delete(key).is_ok() {
+                    self.strays.lock().expect("strays lock").remove(key);
                     self.update_repair(|s| s.keys_dropped += 1);
                 }
             } else {
@@ -208,6 +213,23 @@ impl Node {
             }
         }
         (unsettled, under)
+    }
+
+    /// Whether a record found outside this node's range has stayed so for the hold
+    /// time (ten repair intervals), starting the clock when it is first found so.
+    ///
+    /// A record is dropped only after that hold: a view of the ring taken while it
+    /// settles can name the wrong holders, and a node that dropped an acknowledged
+    /// version on such a view, then found itself a holder again, accepted an older
+    /// version from a stale holder in its place; its next write reused the lost
+    /// version number (found by the simulation, CHORDFS_SIM_SEED=88). Chunks never
+    /// change, so a stale copy of one can do no such harm; they go at once.
+    fn stray_record_expired(&self, key: &Id) -> bool {
+        let hold = self.cfg.repair_every * 10;
+        let now = tokio::time::Instant::now();
+        let mut strays = self.strays.lock().expect("strays lock");
+        let since = *strays.entry(*key).or_insert(now);
+        now.duration_since(since) >= hold
     }
 
     /// Gives `peer` this node's copy of `key`. False when it could not.
@@ -231,6 +253,7 @@ impl Node {
                     key: *key,
                     version,
                     record,
+                    write: 0,
                 },
                 _ => return false,
             },

@@ -84,6 +84,22 @@ pub enum Request {
         key: Id,
         version: u64,
         record: Record,
+        /// The primary's id for this write (0 from repair), so that only this very
+        /// write can be taken back (see `RevertRecordCopy`).
+        #[serde(default)]
+        write: u64,
+    },
+    /// Undo a record copy of a write that failed: if this node holds `record` at
+    /// `version`, it goes back to `previous` (or is removed when `None`). Sent by a
+    /// primary that could not make the write durable on enough nodes, so that the
+    /// unacknowledged version cannot later shadow an acknowledged one of the same number.
+    /// Only the copy stored by write `write` is undone: the same body at the same
+    /// version stored again by a retry of the write, acknowledged, stays.
+    RevertRecordCopy {
+        key: Id,
+        version: u64,
+        write: u64,
+        previous: Option<(u64, Record)>,
     },
     /// Read a record. With `pull`, a primary missing it first asks its replicas.
     GetRecord {

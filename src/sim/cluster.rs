@@ -134,6 +134,12 @@ impl Cluster {
         self.net.attach(&addr, node.clone(), kill.clone());
         if let Some(first) = via.first() {
             self.net.join_side(&addr, first);
+            // A node that joins one side of a partition can give that side R nodes:
+            // from then on both sides take writes (seed 161: a 2-node side grew to 3).
+            if self.partitioned {
+                let sizes = self.net.side_sizes();
+                self.split_brain |= sizes.len() > 1 && sizes.iter().all(|&n| n >= REPLICAS);
+            }
         }
         let mut joined = via.is_empty();
         let mut last = String::new();

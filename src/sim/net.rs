@@ -87,6 +87,9 @@ fn about(req: &Request) -> Option<(Vec<crate::id::Id>, String)> {
         Request::PutRecordCopy { key, version, .. } => {
             Some((vec![*key], format!("PutRecordCopy v{version}")))
         }
+        Request::RevertRecordCopy { key, version, .. } => {
+            Some((vec![*key], format!("RevertRecordCopy v{version}")))
+        }
         Request::GetRecord { key, pull } => Some((vec![*key], format!("GetRecord pull={pull}"))),
         Request::HaveKeys { keys } => Some((keys.clone(), format!("HaveKeys ({})", keys.len()))),
         Request::FindSuccessor { key, .. } => Some((vec![*key], "FindSuccessor".into())),
@@ -137,6 +140,7 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::CheckChunk { .. } => "CheckChunk",
         Request::CasRecord { .. } => "CasRecord",
         Request::PutRecordCopy { .. } => "PutRecordCopy",
+        Request::RevertRecordCopy { .. } => "RevertRecordCopy",
         Request::GetRecord { .. } => "GetRecord",
         Request::HaveKeys { .. } => "HaveKeys",
         Request::Stats => "Stats",
@@ -217,6 +221,16 @@ impl SimNet {
 
     pub fn heal(&self) {
         self.lock().groups.clear();
+    }
+
+    /// How many addresses each side of the current partition holds (empty when none).
+    pub fn side_sizes(&self) -> Vec<usize> {
+        let s = self.lock();
+        let mut sizes: BTreeMap<u32, usize> = BTreeMap::new();
+        for g in s.groups.values() {
+            *sizes.entry(*g).or_default() += 1;
+        }
+        sizes.into_values().collect()
     }
 
     pub fn stats(&self) -> NetStats {
