@@ -216,11 +216,12 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::GetState),
         (id(), ids(6)).prop_map(|(key, avoid)| Request::FindSuccessor { key, avoid }),
         peer().prop_map(|candidate| Request::Notify { candidate }),
-        (peer(), proptest::option::of(peer()), peers(6)).prop_map(
-            |(peer, predecessor, successors)| Request::Leave {
+        (peer(), proptest::option::of(peer()), peers(6), peers(6)).prop_map(
+            |(peer, predecessor, successors, known)| Request::Leave {
                 peer,
                 predecessor,
                 successors,
+                known,
             }
         ),
         (id(), small_bytes(), any::<bool>()).prop_map(|(key, data, replicate)| {

@@ -27,6 +27,8 @@ impl Node {
         let mut cur_addr = via.to_string();
         // Not ourselves: a restarted node may still sit in others' successor lists.
         let mut avoid = vec![self.me.id];
+        // The members the lookup passed through: live a moment ago, worth remembering.
+        let mut path: Vec<Peer> = Vec::new();
         for _ in 0..super::node::MAX_LOOKUP_HOPS {
             let resp = self
                 .net
@@ -57,11 +59,19 @@ impl Node {
                         .write()
                         .expect("routing lock")
                         .set_successors(first, &list[1..]);
+                    // Remembered for good measure: if this node's new neighbours go
+                    // before it ever stabilizes with them, these are all it knows of
+                    // its ring (simulation seed 964: a node left alone with nobody to ask).
+                    self.note_seen(&path);
+                    self.note_seen(&list);
                     self.stabilize().await;
                     return Ok(());
                 }
                 Response::Next { peer } if peer.id == self.me.id => avoid.push(self.me.id),
-                Response::Next { peer } => cur_addr = peer.addr,
+                Response::Next { peer } => {
+                    path.push(peer.clone());
+                    cur_addr = peer.addr;
+                }
                 other => return Err(RpcError::unexpected(&cur_addr, &other)),
             }
         }
@@ -116,6 +126,8 @@ impl Node {
                         .write()
                         .expect("routing lock")
                         .set_successors(first.clone(), &tail);
+                    self.note_seen(&tail);
+                    self.note_seen(std::slice::from_ref(&first));
                     // A leaving node keeps its successor list fresh for the hand-over, but
                     // must not offer itself as anyone's predecessor again.
                     if !self.leaving.load(std::sync::atomic::Ordering::Acquire) {
@@ -201,10 +213,20 @@ impl Node {
             // The last member: there is nobody to hand data to; it stays on disk.
             return;
         }
+        let known: Vec<Peer> = {
+            let lost = self.lost.lock().expect("lost lock");
+            let seen = self.seen.lock().expect("seen lock");
+            lost.iter()
+                .map(|l| l.peer.clone())
+                .chain(seen.iter().cloned())
+                .take(2 * super::reconcile::LOST_MAX)
+                .collect()
+        };
         let msg = Request::Leave {
             peer: self.me.clone(),
             predecessor: r.predecessor.clone(),
             successors: r.successors.clone(),
+            known,
         };
         if let Some(p) = &r.predecessor {
             let _ = self.call(p, msg.clone()).await;

@@ -96,6 +96,12 @@ pub struct Node {
     /// The address this node joined through: where it rejoins if it ends up alone
     /// with no lost peer to probe.
     pub joined_via: Mutex<Option<String>>,
+    /// Peers met in successor lists lately (most recent last): where a node left alone
+    /// looks for its ring again.
+    // Never held across an await: one update at a time.
+    pub seen: Mutex<Vec<Peer>>,
+    /// Reconcile ticks so far (see `reconcile`).
+    pub reconcile_ticks: AtomicU64,
     // Never held across an await: read or updated in one go.
     pub gc: Mutex<super::gc::GcStatus>,
     /// Held for the whole of a sweep, so sweeps on one node never overlap.
@@ -157,6 +163,8 @@ impl Node {
             shutdown: CancellationToken::new(),
             lost: Mutex::new(Vec::new()),
             joined_via: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+            reconcile_ticks: AtomicU64::new(0),
             gc: Mutex::new(super::gc::GcStatus::default()),
             gc_lock: tokio::sync::Mutex::new(()),
             freed: Mutex::new(super::gc::Freed::default()),
@@ -453,7 +461,13 @@ impl Node {
         // `expect`: this node may have been down, or just taken over the range, while
         // the replicas moved on (found by the simulation: two writes acknowledged as
         // one version).
-        self.pull_record(key).await;
+        let (_, doubt) = tokio::join!(self.pull_record(key), self.primacy_doubt(&key));
+        if let Some(why) = doubt {
+            return Response::error(
+                ErrorKind::WrongNode,
+                format!("{} is not the primary of {key} now: {why}", self.me.addr),
+            );
+        }
         let version = expect + 1;
         // The stripe stays locked until the replicas have answered: no other write to
         // this record can send them a different body under the same version.
@@ -572,6 +586,56 @@ impl Node {
         }
     }
 
+    /// Checks, with this node's neighbours, that it may act as the primary of `key`
+    /// with its current successors as replicas. Returns why not, if not:
+    /// - the predecessor's successor is a node between the two, whose range holds the
+    ///   key: two nodes acting as primary of one key would each acknowledge a write of
+    ///   the same version with their own replicas (simulation seed 371, while two leaves
+    ///   overlapped);
+    /// - the successor's predecessor is a node between the two: this node's successor
+    ///   list is stale, so its replicas are not the key's (seed 160: a node just back
+    ///   from a restart took a list from the far side of the ring and wrote over an
+    ///   acknowledged version its true successors held).
+    ///
+    /// A neighbour that does not answer tells nothing.
+    async fn primacy_doubt(&self, key: &Id) -> Option<String> {
+        let (pred, succ) = {
+            let r = self.routing.read().expect("routing lock");
+            (r.predecessor.clone(), r.successor().clone())
+        };
+        let ask = |p: Option<Peer>| async move {
+            match p {
+                Some(p) if p.id != self.me.id => match self.call(&p, Request::GetState).await {
+                    Ok(Response::State(st)) => Some((p, st)),
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        let (from_pred, from_succ) = tokio::join!(ask(pred), ask(Some(succ)));
+        if let Some((pred, st)) = from_pred {
+            if let Some(next) = st.successors.first() {
+                if next.id != self.me.id
+                    && next.id.in_open(&pred.id, &self.me.id)
+                    && key.in_open_closed(&pred.id, &next.id)
+                {
+                    return Some(format!("{} is, says the predecessor", next.addr));
+                }
+            }
+        }
+        if let Some((succ, st)) = from_succ {
+            if let Some(prev) = st.predecessor {
+                if prev.id != self.me.id && prev.id.in_open(&self.me.id, &succ.id) {
+                    return Some(format!(
+                        "its successor list is settling ({} lies before {})",
+                        prev.addr, succ.addr
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     /// A replica's side of [`Node::revert_record`].
     async fn revert_record_copy(
         &self,
@@ -636,7 +700,14 @@ impl Node {
                 peer,
                 predecessor,
                 successors,
+                known,
             } => {
+                let known: Vec<Peer> = known
+                    .into_iter()
+                    .filter(|p| p.id != peer.id)
+                    .take(super::reconcile::LOST_MAX)
+                    .collect();
+                self.note_seen(&known);
                 let mut r = self.routing.write().expect("routing lock");
                 if r.successor().id == peer.id {
                     // The leaver's successors, then ours: its list may be short, or name

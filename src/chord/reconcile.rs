@@ -7,7 +7,8 @@
 //! probes one: it asks that peer's ring where this node's id belongs. An answer between
 //! this node and its successor (or any answer, for a node left alone) becomes the new
 //! successor; stabilize and notify then zip the two rings together. A peer is forgotten
-//! once this node's own lookup finds it again (same ring), or when it has not answered
+//! once its ring places this node where this node's own ring does (same ring), or when
+//! it has not answered
 //! for [`LOST_TTL_CHECKS`] check intervals (really gone). Until then it also counts as
 //! possibly live for the copies a write needs (see `Node::required_copies`).
 
@@ -16,6 +17,19 @@ use crate::proto::{Peer, Request, Response};
 
 /// Most lost peers remembered (the most recent are kept).
 pub const LOST_MAX: usize = 16;
+/// What probing a peer's ring found.
+enum Probe {
+    /// No answer.
+    Silent,
+    /// The peer's ring is this node's.
+    SameRing,
+    Other,
+}
+
+/// Check ticks between probes of a peer met lately (see [`Node::reconcile`]).
+const SEEN_PROBE_EVERY: u64 = 4;
+/// Peers a node left alone tries to rejoin through, per check tick.
+const REJOIN_TRIES: usize = 3;
 /// Check intervals after which a lost peer that never answered is taken for dead
 /// (10 minutes at the default interval of a second). Long, because a partition can
 /// last that long, and a peer forgotten on both sides is never found again.
@@ -74,8 +88,15 @@ impl Node {
             .retain(|l| l.peer.id != peer.id);
     }
 
-    /// Probes the next lost peer (round robin) and adopts a closer successor through it.
+    /// Probes the next lost peer (round robin) and adopts a closer successor through it;
+    /// every few ticks, also a peer met lately, so that a small ring that forgot the
+    /// rest (every peer it lost has timed out, or was never its own to lose) finds it
+    /// again (found by the simulation: CHORDFS_SIM_SEED=345, two nodes that joined
+    /// while a partition healed ended as a ring of their own).
     pub async fn reconcile(&self) {
+        let tick = self
+            .reconcile_ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let next = {
             let mut lost = self.lost.lock().expect("lost lock");
             (!lost.is_empty()).then(|| {
@@ -85,28 +106,50 @@ impl Node {
                 peer
             })
         };
-        let Some(peer) = next else {
-            self.rejoin_if_alone().await;
-            return;
-        };
-        // Same ring already? Then it is found, not lost.
-        if let Ok((_, successors, _)) = self.lookup(&peer.id, false).await {
-            if successors.first().is_some_and(|p| p.id == peer.id) {
-                self.forget_lost(&peer);
-                return;
+        match next {
+            Some(peer) => match self.probe_ring(&peer).await {
+                Probe::Silent => {
+                    let ttl = self.cfg.check_predecessor_every * LOST_TTL_CHECKS;
+                    self.lost
+                        .lock()
+                        .expect("lost lock")
+                        .retain(|l| l.since.elapsed() < ttl);
+                }
+                Probe::SameRing => self.forget_lost(&peer),
+                Probe::Other => {}
+            },
+            None => self.rejoin_if_alone().await,
+        }
+        if tick % SEEN_PROBE_EVERY == 0 {
+            let peer = {
+                let seen = self.seen.lock().expect("seen lock");
+                let n = seen.len() as u64;
+                (n > 0).then(|| seen[((tick / SEEN_PROBE_EVERY) % n) as usize].clone())
+            };
+            if let Some(peer) = peer {
+                self.probe_ring(&peer).await;
             }
         }
-        let found = match self.find_successors_via(&peer).await {
-            Some(list) => list,
-            None => {
-                let ttl = self.cfg.check_predecessor_every * LOST_TTL_CHECKS;
-                self.lost
-                    .lock()
-                    .expect("lost lock")
-                    .retain(|l| l.since.elapsed() < ttl);
-                return;
-            }
+    }
+
+    /// Asks `peer`'s ring where this node belongs. When it answers with another
+    /// successor than this node's own, tells the peer about this node and adopts the
+    /// answer if it is closer: stabilize and notify then zip the two rings together.
+    async fn probe_ring(&self, peer: &Peer) -> Probe {
+        let Some(found) = self.find_successors_via(peer).await else {
+            return Probe::Silent;
         };
+        let list: Vec<Peer> = found.into_iter().filter(|p| p.id != self.me.id).collect();
+        let Some(first) = list.first().cloned() else {
+            return Probe::Other;
+        };
+        // Same ring already, when the peer's ring puts this node where its own ring
+        // does. (Asking the own ring instead, "does a lookup of the peer's id find the
+        // peer?", trusted stale successor lists that still named it, and both halves of
+        // a healed partition forgot each other for good: CHORDFS_SIM_SEED=2192.)
+        if self.routing.read().expect("routing lock").successor().id == first.id {
+            return Probe::SameRing;
+        }
         // It answers but is not on our ring: tell it about us too. A node left alone
         // adopts us as its first partner (Routing::notify), and stabilize walks it to
         // its place; without this, a lone node whose own lost list is empty is never
@@ -114,16 +157,12 @@ impl Node {
         // simulation: CHORDFS_SIM_SEED=279.
         let _ = self
             .call(
-                &peer,
+                peer,
                 Request::Notify {
                     candidate: self.me.clone(),
                 },
             )
             .await;
-        let list: Vec<Peer> = found.into_iter().filter(|p| p.id != self.me.id).collect();
-        let Some(first) = list.first().cloned() else {
-            return;
-        };
         let mut r = self.routing.write().expect("routing lock");
         let succ = r.successor().clone();
         if succ.id == self.me.id || first.id.in_open(&self.me.id, &succ.id) {
@@ -135,23 +174,54 @@ impl Node {
             );
             r.set_successors(first, &list[1..]);
         }
+        Probe::Other
     }
 
     /// A node alone, with no predecessor and no lost peer to probe, is unknown to any
-    /// ring it was part of: it joins again through the address it first joined by.
-    /// (Found by the simulation: CHORDFS_SIM_SEED=450, where n10's only peer left.)
+    /// ring it was part of: it joins again through the address it first joined by, or
+    /// else through a peer it has had in its successor list (a few per tick, most recent
+    /// first). (Found by the simulation: CHORDFS_SIM_SEED=450, where n10's only peer
+    /// left; and 92, where the node it joined through was gone as well.)
     async fn rejoin_if_alone(&self) {
         let alone = {
             let r = self.routing.read().expect("routing lock");
             r.successor().id == self.me.id && r.predecessor.is_none()
         };
-        let via = self.joined_via.lock().expect("joined_via lock").clone();
-        if let (true, Some(via)) = (alone, via) {
+        if !alone {
+            return;
+        }
+        let mut candidates: Vec<String> = Vec::new();
+        if let Some(via) = self.joined_via.lock().expect("joined_via lock").clone() {
+            candidates.push(via);
+        }
+        for p in self.seen.lock().expect("seen lock").iter().rev() {
+            if p.id != self.me.id && !candidates.contains(&p.addr) {
+                candidates.push(p.addr.clone());
+            }
+        }
+        for via in candidates.into_iter().take(REJOIN_TRIES) {
             match self.join_through(&via).await {
-                Ok(()) => tracing::info!("alone: rejoined through {via}"),
+                Ok(()) => {
+                    tracing::info!("alone: rejoined through {via}");
+                    return;
+                }
                 Err(e) => tracing::debug!("alone: rejoin through {via} failed: {e}"),
             }
         }
+    }
+
+    /// Remembers peers met in successor lists, for [`Node::rejoin_if_alone`].
+    pub fn note_seen(&self, peers: &[Peer]) {
+        let mut seen = self.seen.lock().expect("seen lock");
+        for p in peers {
+            if p.id == self.me.id {
+                continue;
+            }
+            seen.retain(|q| q.id != p.id);
+            seen.push(p.clone());
+        }
+        let excess = seen.len().saturating_sub(LOST_MAX);
+        seen.drain(..excess);
     }
 
     /// Iterative lookup of this node's own id, starting at `via` (not at this node's own

@@ -56,6 +56,10 @@ pub enum Request {
         peer: Peer,
         predecessor: Option<Peer>,
         successors: Vec<Peer>,
+        /// Other peers the leaver knows of (lost ones, ones met lately): where a
+        /// neighbour left alone by this leave can look for the rest of the ring.
+        #[serde(default)]
+        known: Vec<Peer>,
     },
     /// Store an immutable chunk. With `replicate`, the receiver forwards it to its
     /// successors and answers once min(R, live) copies are durable.
@@ -318,7 +322,9 @@ impl Request {
             Request::FindSuccessor { avoid, .. } if avoid.len() > 1024 => {
                 Err("avoid list too long".into())
             }
-            Request::Leave { successors, .. } if successors.len() > 1024 => {
+            Request::Leave {
+                successors, known, ..
+            } if successors.len() > 1024 || known.len() > 1024 => {
                 Err("successor list too long".into())
             }
             _ => Ok(()),

@@ -422,8 +422,15 @@ fn tables(cl: &Cluster) -> Vec<String> {
                 .iter()
                 .map(|l| l.peer.addr.clone())
                 .collect();
+            let seen: Vec<String> = node
+                .seen
+                .lock()
+                .expect("seen lock")
+                .iter()
+                .map(|p| p.addr.clone())
+                .collect();
             Some(format!(
-                "{} {}: predecessor {:?}, successors {:?}, fingers {:?}, lost {lost:?}, {chunks} chunks, {records} records, repair passes {} last error {:?}",
+                "{} {}: predecessor {:?}, successors {:?}, fingers {:?}, lost {lost:?}, seen {seen:?}, {chunks} chunks, {records} records, repair passes {} last error {:?}",
                 cl.nodes[i].addr,
                 node.me.id.short(),
                 r.predecessor.as_ref().map(name),
