@@ -703,12 +703,10 @@ fn cut_impair_partition_heal() {
             refused += 1;
         }
     }
-    // Writes on the minority side should be refused (peers lost to the partition still
-    // count towards the copies a write needs), but a minority member that learnt of the
-    // partition only from its successor's list, never from a failed call of its own,
-    // counts nobody as lost and acknowledges with 2 copies; its directory record then
-    // loses to the majority's after the heal. A known open bug (README, "Real hosts"):
-    // reported below, not asserted, so it does not hide the scenarios that do hold.
+    // Writes on the minority side should be refused: peers lost to the partition still
+    // count towards the copies a write needs, including those a node learns of only by
+    // its successor's shorter list (it pings them: `probe_vanished`). Whatever it does
+    // acknowledge must survive the heal like everything else.
     let mut minority = Acked {
         seed: 1000,
         ..Acked::default()
@@ -737,15 +735,12 @@ fn cut_impair_partition_heal() {
         let out = net.dir.path().join("minority-back");
         let run = net.client(&seed0, &["get", path, out.to_str().expect("utf-8")]);
         assert!(!run.hung, "get {path} hung");
-        if !run.ok || std::fs::read(&out).ok().as_ref() != Some(want) {
-            eprintln!(
-                "KNOWN BUG: {path}, acknowledged on the minority side, is gone after the \
-                 heal ({})",
-                run.stderr.trim().lines().next().unwrap_or("wrong bytes")
-            );
-        } else {
-            eprintln!("3. {path}, acknowledged on the minority side, survived the heal");
-        }
+        assert!(
+            run.ok && std::fs::read(&out).ok().as_ref() == Some(want),
+            "{path}, acknowledged on the minority side, is gone after the heal ({})",
+            run.stderr.trim().lines().next().unwrap_or("wrong bytes")
+        );
+        eprintln!("3. {path}, acknowledged on the minority side, survived the heal");
     }
     eprintln!(
         "all {} acknowledged files byte-identical after every heal; total {}",

@@ -122,12 +122,20 @@ impl Node {
                             }
                         }
                     }
-                    self.routing
-                        .write()
-                        .expect("routing lock")
-                        .set_successors(first.clone(), &tail);
+                    let vanished = {
+                        let mut r = self.routing.write().expect("routing lock");
+                        let before = r.successors.clone();
+                        r.set_successors(first.clone(), &tail);
+                        before
+                            .into_iter()
+                            .filter(|p| {
+                                p.id != self.me.id && !r.successors.iter().any(|q| q.id == p.id)
+                            })
+                            .collect::<Vec<Peer>>()
+                    };
                     self.note_seen(&tail);
                     self.note_seen(std::slice::from_ref(&first));
+                    self.probe_vanished(vanished).await;
                     // A leaving node keeps its successor list fresh for the hand-over, but
                     // must not offer itself as anyone's predecessor again.
                     if !self.leaving.load(std::sync::atomic::Ordering::Acquire) {
@@ -147,6 +155,30 @@ impl Node {
                     self.routing.write().expect("routing lock").remove(&succ.id);
                     self.note_lost(&succ);
                 }
+            }
+        }
+    }
+
+    /// Pings the peers that just fell out of the successor list because the successor's
+    /// list no longer names them, and notes those that do not answer as lost. A node
+    /// learns of a partition this way even when its own successor is on its side: it
+    /// then still counts the peers beyond as possibly live, so the small side of a split
+    /// keeps requiring R copies and refuses writes it could not keep (found by
+    /// tests/netns.rs: a minority member copied its successor's shortened list, counted
+    /// nobody lost, and acknowledged writes with 2 copies that the heal then lost).
+    /// Peers that announced their leave are not noted (see `note_departed`).
+    async fn probe_vanished(&self, vanished: Vec<Peer>) {
+        if vanished.is_empty() {
+            return;
+        }
+        let wait = self.cfg.rpc_timeout.min(Duration::from_secs(1));
+        let pings = vanished
+            .iter()
+            .map(|p| self.net.call(&p.addr, Request::Ping, wait));
+        for (p, res) in vanished.iter().zip(futures::future::join_all(pings).await) {
+            if !matches!(res, Ok(Response::Pong { id }) if id == p.id) {
+                tracing::debug!("{} left the successor list and does not answer", p.addr);
+                self.note_lost(p);
             }
         }
     }
