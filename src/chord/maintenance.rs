@@ -42,7 +42,8 @@ impl Node {
                 )
                 .await?;
             match resp {
-                Response::Found { successors, .. } => {
+                Response::Found { successors, from } => {
+                    path.push(from);
                     let list: Vec<Peer> = successors
                         .into_iter()
                         .filter(|p| p.id != self.me.id)
