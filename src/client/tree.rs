@@ -82,10 +82,30 @@ impl Client {
         })
     }
 
+    /// The inode named by a directory entry. A create writes the inode and its entry
+    /// at once, so a reader that found the entry can meet the inode still on its way:
+    /// an absent record is read again a few times (about 0.75 s in all) before it
+    /// counts as missing; a deleted one is not (found by tests/replication.rs: two
+    /// writers racing to create one name, the second saw the first's entry first).
     pub async fn get_inode(&self, id: &Id) -> Result<InodeRef> {
-        self.get_inode_opt(id)
-            .await?
-            .ok_or_else(|| ClientError::NotFound(format!("inode {}", id.short())))
+        const TRIES: u64 = 6;
+        for attempt in 1..=TRIES {
+            match self.get_record(id).await? {
+                Some((version, Record::Inode(inode))) => {
+                    return Ok(InodeRef {
+                        id: *id,
+                        version,
+                        inode: *inode,
+                    })
+                }
+                Some(_) => break,
+                None if attempt < TRIES => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await
+                }
+                None => break,
+            }
+        }
+        Err(ClientError::NotFound(format!("inode {}", id.short())))
     }
 
     /// Applies `change` to the newest version of an inode and writes it back, retrying on
