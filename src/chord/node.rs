@@ -539,9 +539,9 @@ impl Node {
     }
 
     /// Undoes a record write that did not reach enough copies, with the record's lock
-    /// held by the caller: here, on the replicas that stored it (awaited: they just
-    /// answered), and on those that did not answer (in the background: a timed-out copy
-    /// may have landed). A holder reverts only the very body at the very version.
+    /// held by the caller: here, and on every replica asked (those that did not answer
+    /// too, with a shorter wait: a timed-out copy may have landed). A replica reverts
+    /// only the copy this very write stored (see `revert_record_copy`).
     async fn revert_record(
         &self,
         key: Id,
@@ -552,11 +552,7 @@ impl Node {
         sent: Replicated,
     ) {
         if local_written {
-            let undone = match previous.clone() {
-                Some((v, r)) => self.store.write_record(key, v, r).await,
-                None => self.store.delete(&key),
-            };
-            if let Err(e) = undone {
+            if let Err(e) = self.restore_record(key, previous.clone()).await {
                 tracing::warn!("could not take back failed write of {key} v{version}: {e}");
             }
         }
@@ -651,13 +647,22 @@ impl Node {
             return Response::Ok;
         }
         self.record_writes.invalidate(&key);
-        let undone = match previous {
-            Some((v, r)) => self.store.write_record(key, v, r).await,
-            None => self.store.delete(&key),
-        };
-        match undone {
+        match self.restore_record(key, previous).await {
             Ok(()) => Response::Ok,
             Err(e) => store_error(e),
+        }
+    }
+
+    /// Puts back the record a taken-back write replaced (none: removes the key). The
+    /// caller holds the record's lock.
+    async fn restore_record(
+        &self,
+        key: Id,
+        previous: Option<(u64, Record)>,
+    ) -> Result<(), store::StoreError> {
+        match previous {
+            Some((v, r)) => self.store.write_record(key, v, r).await,
+            None => self.store.delete(&key),
         }
     }
 
@@ -788,16 +793,16 @@ impl Node {
                 };
                 // The copy held now belongs to this write (a retry that meets its
                 // earlier attempt's copy adopts it), or to none (repair).
-                let adopt = |held: bool| {
-                    if held && write != 0 {
+                let adopt = || {
+                    if write != 0 {
                         self.record_writes.insert(key, (version, write));
-                    } else if held {
+                    } else {
                         self.record_writes.invalidate(&key);
                     }
                 };
                 match stored {
                     Ok((_, true)) => {
-                        adopt(true);
+                        adopt();
                         Response::Ok
                     }
                     // Held already: fine if it is this very write (a repeat, or repair).
@@ -808,7 +813,7 @@ impl Node {
                     // holding another write of that version; CHORDFS_SIM_SEED=100).
                     Ok((current, false)) => match self.store.get_record(key).await {
                         Ok(Some((v, r))) if v == version && r == record => {
-                            adopt(true);
+                            adopt();
                             Response::Ok
                         }
                         _ => Response::Conflict { current },

@@ -8,9 +8,9 @@
 //! this node and its successor (or any answer, for a node left alone) becomes the new
 //! successor; stabilize and notify then zip the two rings together. A peer is forgotten
 //! once its ring places this node where this node's own ring does (same ring), or when
-//! it has not answered
-//! for [`LOST_TTL_CHECKS`] check intervals (really gone). Until then it also counts as
-//! possibly live for the copies a write needs (see `Node::required_copies`).
+//! it has not answered for [`LOST_TTL_CHECKS`] check intervals (really gone). Until
+//! then it also counts as possibly live for the copies a write needs (see
+//! `Node::required_copies`).
 
 use super::node::{Node, MAX_LOOKUP_HOPS};
 use crate::proto::{Peer, Request, Response};
@@ -75,10 +75,15 @@ impl Node {
     }
 
     fn departed_lately(&self, peer: &Peer) -> bool {
-        let ttl = self.cfg.check_predecessor_every * LOST_TTL_CHECKS;
+        let ttl = self.lost_ttl();
         let mut departed = self.departed.lock().expect("departed lock");
         departed.retain(|(_, at)| at.elapsed() < ttl);
         departed.iter().any(|(id, _)| *id == peer.id)
+    }
+
+    /// How long a lost (or departed) peer is remembered.
+    fn lost_ttl(&self) -> std::time::Duration {
+        self.cfg.check_predecessor_every * LOST_TTL_CHECKS
     }
 
     fn forget_lost(&self, peer: &Peer) {
@@ -109,7 +114,7 @@ impl Node {
         match next {
             Some(peer) => match self.probe_ring(&peer).await {
                 Probe::Silent => {
-                    let ttl = self.cfg.check_predecessor_every * LOST_TTL_CHECKS;
+                    let ttl = self.lost_ttl();
                     self.lost
                         .lock()
                         .expect("lost lock")

@@ -27,6 +27,20 @@ pub struct InodeRef {
     pub inode: Inode,
 }
 
+impl InodeRef {
+    /// The inode a record holds, or None for a tombstone.
+    fn from_record(id: &Id, version: u64, record: Record) -> Option<InodeRef> {
+        match record {
+            Record::Inode(inode) => Some(InodeRef {
+                id: *id,
+                version,
+                inode: *inode,
+            }),
+            Record::Deleted => None,
+        }
+    }
+}
+
 /// Checks one path component.
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
@@ -72,14 +86,10 @@ impl Client {
     }
 
     pub async fn get_inode_opt(&self, id: &Id) -> Result<Option<InodeRef>> {
-        Ok(match self.get_record(id).await? {
-            Some((version, Record::Inode(inode))) => Some(InodeRef {
-                id: *id,
-                version,
-                inode: *inode,
-            }),
-            _ => None,
-        })
+        Ok(self
+            .get_record(id)
+            .await?
+            .and_then(|(version, record)| InodeRef::from_record(id, version, record)))
     }
 
     /// The inode named by a directory entry. A create writes the inode and its entry
@@ -91,14 +101,10 @@ impl Client {
         const TRIES: u64 = 6;
         for attempt in 1..=TRIES {
             match self.get_record(id).await? {
-                Some((version, Record::Inode(inode))) => {
-                    return Ok(InodeRef {
-                        id: *id,
-                        version,
-                        inode: *inode,
-                    })
-                }
-                Some(_) => break,
+                Some((version, record)) => match InodeRef::from_record(id, version, record) {
+                    Some(found) => return Ok(found),
+                    None => break,
+                },
                 None if attempt < TRIES => {
                     tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await
                 }
