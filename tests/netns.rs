@@ -719,6 +719,26 @@ fn cut_impair_partition_heal() {
         }
     }
     let minority_acked = minority.files.len();
+    if minority_acked > 0 {
+        // What the minority's nodes knew when they acknowledged: their view of the
+        // ring (lost peers, short writes), for the record of the open bug.
+        for i in &side_b {
+            let log = std::fs::read_to_string(net.log(*i)).unwrap_or_default();
+            for line in log.lines().filter(|l| {
+                [
+                    "acknowledged with",
+                    "unreachable",
+                    "lost",
+                    "rejoin",
+                    "joined",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+            }) {
+                eprintln!("3. node {i}: {line}");
+            }
+        }
+    }
     eprintln!(
         "3. minority side: {read} files read intact, {refused} refused with an error, \
          {minority_acked}/2 puts acknowledged; slowest answer {}",

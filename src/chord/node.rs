@@ -396,8 +396,23 @@ impl Node {
                 format!("only {copies} of {required} copies durable"),
             );
         }
+        self.note_short_write(&key, copies);
         Response::Stored {
             copies: copies as u32,
+        }
+    }
+
+    /// Logs a write acknowledged with fewer than R copies (the ring has fewer live nodes
+    /// than R, as far as this node knows): an operator's sign of a shrunk ring, and of a
+    /// split one if it happens while the ring is whole.
+    fn note_short_write(&self, key: &Id, copies: usize) {
+        if copies < self.cfg.replicas {
+            let lost = self.lost.lock().expect("lost lock").len();
+            tracing::warn!(
+                "{key} acknowledged with {copies} of {} copies ({} successors reachable, {lost} peers lost)",
+                self.cfg.replicas,
+                self.replica_targets().len()
+            );
         }
     }
 
@@ -533,6 +548,7 @@ impl Node {
                 ),
             };
         }
+        self.note_short_write(&key, copies);
         Response::Stored {
             copies: copies as u32,
         }
@@ -616,6 +632,17 @@ impl Node {
                     && key.in_open_closed(&pred.id, &next.id)
                 {
                     return Some(format!("{} is, says the predecessor", next.addr));
+                }
+                // The predecessor's successor lies beyond this node: it does not know
+                // this node (yet, or any more), so lookups through it reach a node that
+                // takes itself for the primary of this very range (CHORDFS_SIM_SEED=1331:
+                // a node cut out of its neighbours' view, and a newcomer behind it,
+                // each acknowledged the same version of one record).
+                if next.id != self.me.id && !next.id.in_open(&pred.id, &self.me.id) {
+                    return Some(format!(
+                        "the predecessor {} takes {} for its successor",
+                        pred.addr, next.addr
+                    ));
                 }
             }
         }
