@@ -282,7 +282,7 @@ for p in "${minority[@]}"; do
   if [ $rc -eq 0 ] && cmp -s "$work/back" "$work/f$(echo "$p" | tr / _)"; then
     note "3. $p, acknowledged on the minority side, survived the heal"
   else
-    note "3. KNOWN BUG: $p, acknowledged on the minority side, is gone after the heal"
+    fail "3. $p, acknowledged on the minority side, is gone after the heal"
   fi
 done
 

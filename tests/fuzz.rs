@@ -334,14 +334,22 @@ fn key_info() -> impl Strategy<Value = KeyInfo> {
 fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
         id().prop_map(|id| Response::Pong { id }),
-        (peer(), proptest::option::of(peer()), peers(6), any::<u32>()).prop_map(
-            |(me, predecessor, successors, replicas)| Response::State(NodeState {
-                me,
-                predecessor,
-                successors,
-                replicas,
-            })
-        ),
+        (
+            peer(),
+            proptest::option::of(peer()),
+            peers(6),
+            any::<u32>(),
+            peers(4)
+        )
+            .prop_map(|(me, predecessor, successors, replicas, lost)| {
+                Response::State(NodeState {
+                    me,
+                    predecessor,
+                    successors,
+                    replicas,
+                    lost,
+                })
+            }),
         (peer(), peers(6)).prop_map(|(from, successors)| Response::Found { from, successors }),
         peer().prop_map(|peer| Response::Next { peer }),
         Just(Response::Ok),

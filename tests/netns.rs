@@ -703,11 +703,11 @@ fn cut_impair_partition_heal() {
             refused += 1;
         }
     }
-    // Writes on the minority side should be refused: peers lost to the partition still
-    // count towards the copies a write needs, including those a node learns of only by
-    // its successor's shorter list (it pings them: `probe_vanished`). That still misses
-    // now and then (1 of 8 runs on 2026-11-24): a known open bug (README, "Real
-    // hosts"), reported below, not asserted, so it does not hide the scenarios that hold.
+    // Writes on the minority side are refused: peers lost to the partition still count
+    // towards the copies a write needs (including those a node learns of only by its
+    // successor's shorter list, which it pings: `probe_vanished`), and a side that sees
+    // fewer nodes than it lost never takes them for dead. Whatever it does acknowledge
+    // must survive the heal (asserted below).
     let mut minority = Acked {
         seed: 1000,
         ..Acked::default()
@@ -756,15 +756,12 @@ fn cut_impair_partition_heal() {
         let out = net.dir.path().join("minority-back");
         let run = net.client(&seed0, &["get", path, out.to_str().expect("utf-8")]);
         assert!(!run.hung, "get {path} hung");
-        if !run.ok || std::fs::read(&out).ok().as_ref() != Some(want) {
-            eprintln!(
-                "KNOWN BUG: {path}, acknowledged on the minority side, is gone after the \
-                 heal ({})",
-                run.stderr.trim().lines().next().unwrap_or("wrong bytes")
-            );
-        } else {
-            eprintln!("3. {path}, acknowledged on the minority side, survived the heal");
-        }
+        assert!(
+            run.ok && std::fs::read(&out).ok().as_ref() == Some(want),
+            "{path}, acknowledged on the minority side, is gone after the heal ({})",
+            run.stderr.trim().lines().next().unwrap_or("wrong bytes")
+        );
+        eprintln!("3. {path}, acknowledged on the minority side, survived the heal");
     }
     eprintln!(
         "all {} acknowledged files byte-identical after every heal; total {}",

@@ -188,6 +188,13 @@ impl Node {
             predecessor: r.predecessor.clone(),
             successors: r.successors.clone(),
             replicas: self.cfg.replicas as u32,
+            lost: self
+                .lost
+                .lock()
+                .expect("lost lock")
+                .iter()
+                .map(|l| l.peer.clone())
+                .collect(),
         }
     }
 
@@ -472,23 +479,14 @@ impl Node {
                 format!("only {reachable} of {required} copies reachable"),
             );
         }
-        // Catch up from the replicas first, even when the version held here matches
-        // `expect`: this node may have been down, or just taken over the range, while
-        // the replicas moved on (found by the simulation: two writes acknowledged as
-        // one version).
-        let (_, doubt) = tokio::join!(self.pull_record(key), self.primacy_doubt(&key));
-        if let Some(why) = doubt {
-            return Response::error(
-                ErrorKind::WrongNode,
-                format!("{} is not the primary of {key} now: {why}", self.me.addr),
-            );
-        }
         let version = expect + 1;
         // The stripe stays locked until the replicas have answered: no other write to
         // this record can send them a different body under the same version.
         let _guard = self.store.lock_record(&key).await;
         let current = self.store.record_version(&key);
         if current != expect {
+            // Behind or ahead of the client: either way it reads again (a read through
+            // the primary catches the primary up from its replicas first).
             return Response::Conflict { current };
         }
         let previous = match self.store.get_record(key).await {
@@ -497,16 +495,31 @@ impl Node {
         };
         let required = self.required_copies();
         let write = rand::random::<u64>() | 1;
-        // The local copy and the replicas' are written at once: one fsync latency, not two.
-        let (local, sent) = tokio::join!(
+        // One round: the local copy, the replicas' copies and the check that this node
+        // is still the primary go out at once (one fsync latency, not two). A write
+        // that turns out not to be this node's to make is taken back like any write
+        // that missed its copies. A replica holding a newer version, or another body
+        // of this one, answers Conflict (see `PutRecordCopy`), which is how a primary
+        // that is behind its replicas (back from a restart, or new to the range) learns
+        // it; it used to catch up before every write, a round of its own.
+        let (local, sent, doubt) = tokio::join!(
             self.store.write_record(key, version, record.clone()),
             self.replicate_to(required - 1, || Request::PutRecordCopy {
                 key,
                 version,
                 record: record.clone(),
                 write,
-            })
+            }),
+            self.primacy_doubt(&key)
         );
+        if let Some(why) = doubt {
+            self.revert_record(key, version, write, previous, local.is_ok(), sent)
+                .await;
+            return Response::error(
+                ErrorKind::WrongNode,
+                format!("{} is not the primary of {key} now: {why}", self.me.addr),
+            );
+        }
         let copies = usize::from(local.is_ok()) + sent.acked.len();
         if let Some((current, holder)) = sent.newer.clone() {
             // A replica is ahead of this primary: the version read here was stale (a
@@ -609,7 +622,10 @@ impl Node {
     ///   from a restart took a list from the far side of the ring and wrote over an
     ///   acknowledged version its true successors held).
     ///
-    /// A neighbour that does not answer tells nothing.
+    /// A neighbour that does not answer is a doubt too: a predecessor that missed the
+    /// question may be the one that knows better (CHORDFS_SIM_SEED=1349: a node just
+    /// back from a partition wrote as primary while its predecessor's answer was lost),
+    /// and the write waits until check_predecessor has settled who it is.
     async fn primacy_doubt(&self, key: &Id) -> Option<String> {
         let (pred, succ) = {
             let r = self.routing.read().expect("routing lock");
@@ -618,13 +634,19 @@ impl Node {
         let ask = |p: Option<Peer>| async move {
             match p {
                 Some(p) if p.id != self.me.id => match self.call(&p, Request::GetState).await {
-                    Ok(Response::State(st)) => Some((p, st)),
-                    _ => None,
+                    Ok(Response::State(st)) => Ok(Some((p, st))),
+                    _ => Err(p.addr),
                 },
-                _ => None,
+                _ => Ok(None),
             }
         };
         let (from_pred, from_succ) = tokio::join!(ask(pred), ask(Some(succ)));
+        let (from_pred, from_succ) = match (from_pred, from_succ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(addr), _) | (_, Err(addr)) => {
+                return Some(format!("its neighbour {addr} did not answer"))
+            }
+        };
         if let Some((pred, st)) = from_pred {
             if let Some(next) = st.successors.first() {
                 if next.id != self.me.id
@@ -654,6 +676,30 @@ impl Node {
                         prev.addr, succ.addr
                     ));
                 }
+            }
+            // The replicas this write goes to must be the ones the successor's own list
+            // names next: a list copied from a stale view (a node that joined through a
+            // member just back from a partition) skips the nodes that hold the record,
+            // and the write would start a second history of it (CHORDFS_SIM_SEED=3673).
+            let want = self.cfg.replicas.saturating_sub(1);
+            let mine: Vec<Id> = self
+                .replica_targets()
+                .iter()
+                .map(|p| p.id)
+                .take(want)
+                .collect();
+            let mut theirs: Vec<Id> = vec![succ.id];
+            for p in &st.successors {
+                if p.id != self.me.id && !theirs.contains(&p.id) {
+                    theirs.push(p.id);
+                }
+            }
+            theirs.truncate(want);
+            if mine != theirs {
+                return Some(format!(
+                    "its successor list is settling ({} names other successors)",
+                    succ.addr
+                ));
             }
         }
         None

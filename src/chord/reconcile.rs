@@ -86,6 +86,21 @@ impl Node {
         self.cfg.check_predecessor_every * LOST_TTL_CHECKS
     }
 
+    /// Live nodes this node sees, itself included: its distinct successors, when the
+    /// list is not full (a full list means a ring larger than the list: `None`).
+    fn live_in_view(&self) -> Option<usize> {
+        let r = self.routing.read().expect("routing lock");
+        let mut ids: Vec<_> = r
+            .successors
+            .iter()
+            .filter(|p| p.id != self.me.id)
+            .map(|p| p.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        (ids.len() < r.list_len).then_some(1 + ids.len())
+    }
+
     fn forget_lost(&self, peer: &Peer) {
         self.lost
             .lock()
@@ -115,10 +130,18 @@ impl Node {
             Some(peer) => match self.probe_ring(&peer).await {
                 Probe::Silent => {
                     let ttl = self.lost_ttl();
-                    self.lost
-                        .lock()
-                        .expect("lost lock")
-                        .retain(|l| l.since.elapsed() < ttl);
+                    let live = self.live_in_view();
+                    let mut lost = self.lost.lock().expect("lost lock");
+                    // Only a node that sees most of the ring it knew takes its silent
+                    // peers for dead. The small side of a split cannot tell the rest
+                    // from dead, and if it forgot them it would soon take writes with
+                    // fewer than R copies that the heal then loses to the other side's
+                    // (found by tests/netns.rs: a two-node side forgot the three others
+                    // after the lost-peer lifetime and acknowledged two puts that
+                    // vanished at the heal).
+                    if live.is_none_or(|live| live > lost.len()) {
+                        lost.retain(|l| l.since.elapsed() < ttl);
+                    }
                 }
                 Probe::SameRing => self.forget_lost(&peer),
                 Probe::Other => {}

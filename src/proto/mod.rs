@@ -227,6 +227,10 @@ pub struct NodeState {
     pub predecessor: Option<Peer>,
     pub successors: Vec<Peer>,
     pub replicas: u32,
+    /// Peers this node dropped for not answering, and still counts as possibly live
+    /// (a node joining through it learns them: see `Node::join`).
+    #[serde(default)]
+    pub lost: Vec<Peer>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
