@@ -635,3 +635,132 @@ fn small_files_live_in_their_record_and_grow_into_chunks() {
     let c = small_chunks(&ring);
     assert_eq!(fs::read(c.path("s")).unwrap(), model);
 }
+
+/// A file created without O_EXCL is stored at its first flush, fsync or close (inode and
+/// name at once): until then this mount shows it and other mounts do not.
+#[test]
+fn a_new_file_shows_here_at_once_and_elsewhere_after_close() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    let small = pattern(4096, 1);
+    let big = pattern(5 * CHUNK + 17, 2);
+    assert!(!b.path("small").exists() && !b.path("big").exists());
+    let mut fs_small = fs::File::create(a.path("small")).unwrap();
+    let mut fs_big = fs::File::create(a.path("big")).unwrap();
+    fs_small.write_all(&small).unwrap();
+    fs_big.write_all(&big).unwrap();
+    // Here: at once, by name, in listings, through a second open, with its size.
+    assert_eq!(fs::metadata(a.path("small")).unwrap().len(), 4096);
+    assert_eq!(fs::metadata(a.path("big")).unwrap().len(), big.len() as u64);
+    let names: Vec<String> = fs::read_dir(&a.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.contains(&"small".to_string()) && names.contains(&"big".to_string()));
+    assert_eq!(fs::read(a.path("small")).unwrap(), small);
+    assert_eq!(fs::read(a.path("big")).unwrap(), big);
+    let ls = ok(Command::new("ls").arg("-l").arg(&a.dir));
+    assert!(ls.contains(" small") && ls.contains(" big"), "{ls}");
+    // Elsewhere: not before the close (close-to-open)...
+    assert!(!b.path("small").exists() && !b.path("big").exists());
+    fs_small.sync_all().unwrap();
+    drop(fs_small);
+    drop(fs_big);
+    // ...and complete after it.
+    for (name, data) in [("small", &small), ("big", &big)] {
+        wait_for(
+            "the closed file on the other mount",
+            Duration::from_secs(5),
+            || (fs::read(b.path(name)).ok()? == *data).then_some(()),
+        );
+    }
+    // A fresh mount reads the same.
+    let c = small_chunks(&ring);
+    assert_eq!(fs::read(c.path("small")).unwrap(), small);
+    assert_eq!(fs::read(c.path("big")).unwrap(), big);
+}
+
+/// Operations on a file created here and not yet closed store it first.
+#[test]
+fn unclosed_new_files_can_be_renamed_linked_changed_and_removed() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    // Rename while open, then write more through the handle.
+    let mut f = fs::File::create(a.path("r1")).unwrap();
+    f.write_all(b"before ").unwrap();
+    fs::rename(a.path("r1"), a.path("r2")).unwrap();
+    assert!(!a.path("r1").exists());
+    assert_eq!(fs::read(a.path("r2")).unwrap(), b"before ");
+    f.write_all(b"after").unwrap();
+    drop(f);
+    // Unlink while open: the handle keeps working; the name is gone everywhere.
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(a.path("u1"))
+        .unwrap();
+    f.write_all(b"doomed").unwrap();
+    fs::remove_file(a.path("u1")).unwrap();
+    assert!(!a.path("u1").exists());
+    f.write_all(b" still").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"doomed still");
+    drop(f);
+    // Hard link and chmod while open.
+    let mut f = fs::File::create(a.path("l1")).unwrap();
+    f.write_all(b"linked").unwrap();
+    fs::hard_link(a.path("l1"), a.path("l2")).unwrap();
+    fs::set_permissions(a.path("l1"), fs::Permissions::from_mode(0o600)).unwrap();
+    drop(f);
+    // A directory holding an unclosed new file is not empty.
+    fs::create_dir(a.path("d")).unwrap();
+    let g = fs::File::create(a.path("d/x")).unwrap();
+    let err = fs::remove_dir(a.path("d")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY), "{err}");
+    drop(g);
+    // An O_EXCL create of a name that is pending here fails.
+    let h = fs::File::create(a.path("e")).unwrap();
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(a.path("e"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    drop(h);
+
+    wait_for("the renamed file elsewhere", Duration::from_secs(5), || {
+        (fs::read(b.path("r2")).ok()? == b"before after").then_some(())
+    });
+    assert!(!b.path("r1").exists() && !b.path("u1").exists());
+    assert_eq!(fs::read(b.path("l2")).unwrap(), b"linked");
+    let m = fs::metadata(b.path("l1")).unwrap();
+    assert_eq!((m.nlink(), m.mode() & 0o7777), (2, 0o600));
+    assert!(b.path("d/x").exists());
+}
+
+/// A name another mount takes between a create here and its close is never overwritten:
+/// the close (here, fsync) fails and the other mount's file stays.
+#[test]
+fn a_name_taken_elsewhere_before_the_close_fails_the_close() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    let mut mine = fs::File::create(a.path("race")).unwrap();
+    mine.write_all(b"mine").unwrap();
+    fs::write(b.path("race"), b"theirs").unwrap();
+    let err = mine.sync_all().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(mine);
+    assert_eq!(fs::read(b.path("race")).unwrap(), b"theirs");
+    wait_for(
+        "the other mount's file here",
+        Duration::from_secs(5),
+        || (fs::read(a.path("race")).ok()? == b"theirs").then_some(()),
+    );
+    let c = small_chunks(&ring);
+    let names = ok(Command::new("ls").arg(&c.dir));
+    assert_eq!(names.trim(), "race");
+}

@@ -188,6 +188,23 @@ impl Client {
         unreachable!("the retry loop returns")
     }
 
+    /// A record as the key's primary holds it, without its catch-up from the replicas:
+    /// one read on one node, for checks that a later compare-and-set confirms (the
+    /// primary holds the newest version unless it just took over the key). Anything
+    /// but an answer from the primary falls back to [`Client::get_record`].
+    pub async fn peek_record(&self, key: &Id) -> Result<Option<(u64, Record)>> {
+        if let Some(primary) = self.candidates(key).first() {
+            let req = Request::GetRecord {
+                key: *key,
+                pull: false,
+            };
+            if let Ok(Response::Record { version, record }) = self.call(primary, req).await {
+                return Ok(Some((version, record)));
+            }
+        }
+        self.get_record(key).await
+    }
+
     /// Compare-and-set at the key's primary: `expect` is the version read (0: absent).
     pub async fn cas_record(&self, key: &Id, expect: u64, record: Record) -> Result<Cas> {
         let mut expect = expect;

@@ -92,6 +92,16 @@ impl Client {
             .and_then(|(version, record)| InodeRef::from_record(id, version, record)))
     }
 
+    /// An inode as its primary holds it (see [`Client::peek_record`]), for checks
+    /// that a later compare-and-set on its version confirms.
+    pub async fn peek_inode(&self, id: &Id) -> Result<InodeRef> {
+        match self.peek_record(id).await? {
+            Some((version, record)) => InodeRef::from_record(id, version, record),
+            None => None,
+        }
+        .ok_or_else(|| ClientError::NotFound(format!("inode {}", id.short())))
+    }
+
     /// The inode named by a directory entry. A create writes the inode and its entry
     /// at once, so a reader that found the entry can meet the inode still on its way:
     /// an absent record is read again a few times (about 0.75 s in all) before it

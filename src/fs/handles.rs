@@ -8,12 +8,18 @@
 //! uploads what is left, waits for every upload, then writes the inode record (chunk
 //! list, size, mtime) with a compare-and-set. An upload that fails leaves its bytes
 //! dirty and makes the commit fail with the error: data is never dropped silently.
+//!
+//! A file created through this mount is *pending* until its first commit: its inode and
+//! its name exist only here (see [`Pending`]), and that commit writes the inode, with
+//! its content, and the directory entry at once. This mount shows a pending file at
+//! once; other mounts see it after the close (close-to-open).
 
+use crate::client::kv::Cas;
 use crate::client::tree::InodeRef;
 use crate::client::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::proto::record::INLINE_MAX_BYTES;
-use crate::proto::{Inode, Kind, Timespec};
+use crate::proto::{DirEntry, Inode, Kind, Record, Timespec};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,23 +39,124 @@ const READAHEAD_BYTES: u64 = 8 * 1024 * 1024;
 /// grace period (default 1 h), which must exceed this.
 pub const WRITEBACK_MAX_SECS: u64 = 300;
 
-/// What the writers of one mount share: the client and the bounds on uploads.
+/// Directory records kept for lookups and creates.
+const DIR_CACHE_ENTRIES: u64 = 4096;
+
+/// What the writers of one mount share: the client, the bounds on uploads, the
+/// directories read lately and the files created here but not yet on the ring.
 pub struct Engine {
     pub client: Arc<Client>,
     /// Dirty bytes in flight, in KiB.
     budget: Arc<Semaphore>,
     /// Concurrent chunk uploads.
     uploads: Arc<Semaphore>,
+    /// Directory records read or written in the last `ttl` (the kernel's own name
+    /// cache has the same lifetime); None when the TTL is 0. A writer uses its copy as
+    /// the version to write over: a stale one only costs a conflict and a read.
+    dirs: Option<moka::sync::Cache<Id, Arc<InodeRef>>>,
+    // Never held across an await: lookups and inserts only.
+    pending: Mutex<PendingFiles>,
+}
+
+/// A file created through this mount and not yet written to the ring: its parent, its
+/// name there, and its inode as created.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub parent: Id,
+    pub name: String,
+    pub inode: Inode,
+}
+
+#[derive(Default)]
+struct PendingFiles {
+    by_id: HashMap<Id, Pending>,
+    by_name: HashMap<(Id, String), Id>,
 }
 
 impl Engine {
-    pub fn new(client: Arc<Client>) -> Engine {
+    pub fn new(client: Arc<Client>, ttl: std::time::Duration) -> Engine {
         let parallel = client.cfg.parallel_chunks.max(1) * 2;
+        let dirs = (!ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(DIR_CACHE_ENTRIES)
+                .time_to_live(ttl)
+                .build()
+        });
         Engine {
             client,
             budget: Arc::new(Semaphore::new(DIRTY_BUDGET_KIB)),
             uploads: Arc::new(Semaphore::new(parallel)),
+            dirs,
+            pending: Mutex::new(PendingFiles::default()),
         }
+    }
+
+    pub fn cached_dir(&self, id: &Id) -> Option<Arc<InodeRef>> {
+        self.dirs.as_ref()?.get(id)
+    }
+
+    pub fn cache_dir(&self, dir: InodeRef) {
+        if let Some(c) = &self.dirs {
+            if dir.inode.kind == Kind::Dir {
+                c.insert(dir.id, Arc::new(dir));
+            }
+        }
+    }
+
+    pub fn forget_all_dirs(&self) {
+        if let Some(c) = &self.dirs {
+            c.invalidate_all();
+        }
+    }
+
+    pub fn forget_dir(&self, id: &Id) {
+        if let Some(c) = &self.dirs {
+            c.invalidate(id);
+        }
+    }
+
+    /// Registers a file created here; false when its name is already pending.
+    pub fn add_pending(&self, id: Id, p: Pending) -> bool {
+        let mut m = self.pending.lock().expect("pending");
+        let key = (p.parent, p.name.clone());
+        if m.by_name.contains_key(&key) {
+            return false;
+        }
+        m.by_name.insert(key, id);
+        m.by_id.insert(id, p);
+        true
+    }
+
+    pub fn remove_pending(&self, id: &Id) {
+        let mut m = self.pending.lock().expect("pending");
+        if let Some(p) = m.by_id.remove(id) {
+            m.by_name.remove(&(p.parent, p.name));
+        }
+    }
+
+    pub fn pending(&self, id: &Id) -> Option<Pending> {
+        self.pending.lock().expect("pending").by_id.get(id).cloned()
+    }
+
+    /// The pending file named `parent/name`.
+    pub fn pending_named(&self, parent: &Id, name: &str) -> Option<Id> {
+        let m = self.pending.lock().expect("pending");
+        m.by_name.get(&(*parent, name.to_string())).copied()
+    }
+
+    /// The pending files of a directory: (name, id).
+    pub fn pending_in(&self, parent: &Id) -> Vec<(String, Id)> {
+        let m = self.pending.lock().expect("pending");
+        m.by_id
+            .iter()
+            .filter(|(_, p)| p.parent == *parent)
+            .map(|(id, p)| (p.name.clone(), *id))
+            .collect()
+    }
+
+    pub fn pending_ids(&self) -> Vec<Id> {
+        let m = self.pending.lock().expect("pending");
+        m.by_id.keys().copied().collect()
     }
 }
 
@@ -98,6 +205,9 @@ pub struct FileState {
     first_upload: Option<std::time::Instant>,
     last_read_end: u64,
     prefetched_to: usize,
+    /// A pending file whose name was taken (or whose directory went) before its first
+    /// commit: nothing of it is on the ring, and every later commit fails.
+    lost: bool,
 }
 
 /// The attributes an open file shows before its commit.
@@ -242,6 +352,7 @@ impl FileState {
             first_upload: None,
             last_read_end: u64::MAX,
             prefetched_to: 0,
+            lost: false,
         }
     }
 
@@ -513,7 +624,14 @@ impl FileState {
     }
 
     async fn commit(&mut self, e: &Engine) -> Result<()> {
-        if !self.dirty {
+        if self.lost {
+            return Err(ClientError::Unavailable {
+                what: format!("inode {}", self.id.short()),
+                last: "its name was taken or its directory removed before it was stored".into(),
+            });
+        }
+        let pending = e.pending(&self.id);
+        if !self.dirty && pending.is_none() {
             return Ok(());
         }
         // A retry after a failure starts the failed uploads over.
@@ -591,50 +709,62 @@ impl FileState {
             version: self.base_version,
             inode: self.base.clone(),
         });
-        let (_, r) = e
-            .client
-            .update_inode_from(known, &self.id, |ino| {
-                if ino.kind != Kind::File {
-                    return Err(ClientError::Invalid("not a regular file".into()));
-                }
-                if let Some(data) = &inline {
-                    ino.chunks.clear();
-                    ino.inline = Some(serde_bytes::ByteBuf::from(data.clone()));
-                    ino.size = size;
-                    if let Some(m) = mtime {
-                        ino.mtime = m;
-                        ino.ctime = m;
-                    }
-                    return Ok(());
-                }
-                if ino.inline.take().is_some() {
-                    // Was small; chunk 0 was stored above with the rest.
-                    ino.chunks.clear();
-                }
-                if let Some(t) = trunc {
-                    ino.chunks.truncate(t.div_ceil(cb) as usize);
-                }
-                let n = size.div_ceil(cb) as usize;
-                ino.chunks.resize(n, Id::ZERO);
-                for (i, k) in &stored {
-                    if *i < n {
-                        ino.chunks[*i] = *k;
-                    }
-                }
+        let change = |ino: &mut Inode| {
+            if ino.kind != Kind::File {
+                return Err(ClientError::Invalid("not a regular file".into()));
+            }
+            if let Some(data) = &inline {
+                ino.chunks.clear();
+                ino.inline = Some(serde_bytes::ByteBuf::from(data.clone()));
                 ino.size = size;
                 if let Some(m) = mtime {
                     ino.mtime = m;
                     ino.ctime = m;
                 }
-                Ok(())
-            })
-            .await
-            .inspect_err(|_| {
-                if let Some(v) = &inline {
-                    // Kept for the next commit to try again.
-                    self.slots.insert(0, Slot::Dirty(v.clone()));
+                return Ok(());
+            }
+            if ino.inline.take().is_some() {
+                // Was small; chunk 0 was stored above with the rest.
+                ino.chunks.clear();
+            }
+            if let Some(t) = trunc {
+                ino.chunks.truncate(t.div_ceil(cb) as usize);
+            }
+            let n = size.div_ceil(cb) as usize;
+            ino.chunks.resize(n, Id::ZERO);
+            for (i, k) in &stored {
+                if *i < n {
+                    ino.chunks[*i] = *k;
                 }
-            })?;
+            }
+            ino.size = size;
+            if let Some(m) = mtime {
+                ino.mtime = m;
+                ino.ctime = m;
+            }
+            Ok(())
+        };
+        let written = match pending {
+            Some(p) => {
+                let mut ino = self.base.clone();
+                let changed = change(&mut ino);
+                match changed {
+                    Ok(()) => self.store_pending(e, p, ino).await,
+                    Err(err) => Err(err),
+                }
+            }
+            None => e
+                .client
+                .update_inode_from(known, &self.id, change)
+                .await
+                .map(|(_, r)| r),
+        };
+        let r = written.inspect_err(|_| {
+            if let Some(v) = &inline {
+                // Kept for the next commit to try again.
+                self.slots.insert(0, Slot::Dirty(v.clone()));
+            }
+        })?;
         self.base = r.inode;
         self.base_version = r.version;
         self.slots.clear();
@@ -643,6 +773,95 @@ impl FileState {
         self.dirty = false;
         self.first_upload = None;
         Ok(())
+    }
+}
+
+impl FileState {
+    /// The first commit of a file created here: its inode (`inode`, with content) and
+    /// its name in `p.parent` are written at once, so a small file costs one round of
+    /// writes. A name that someone else took meanwhile is never overwritten: the file
+    /// is then lost (the commit fails, so close or fsync reports EIO) and the inode
+    /// written for it removed again. Other failures leave it pending for the next try.
+    async fn store_pending(&mut self, e: &Engine, p: Pending, inode: Inode) -> Result<InodeRef> {
+        let id = self.id;
+        // 0 unless an earlier try stored the inode but not the name.
+        let expect = self.base_version;
+        // The directory changed when the file was created, not now.
+        let created = p.inode.ctime;
+        let write_inode = async {
+            match e
+                .client
+                .cas_record(&id, expect, Record::Inode(Box::new(inode.clone())))
+                .await?
+            {
+                Cas::Done(v) => Ok(v),
+                Cas::Conflict(v) => Err(ClientError::Contended(format!(
+                    "inode {} is at version {v}, not {expect}",
+                    id.short()
+                ))),
+            }
+        };
+        let known_parent = e.cached_dir(&p.parent).map(|d| (*d).clone());
+        let name = p.name.as_str();
+        let link = e.client.update_inode_from(known_parent, &p.parent, |dir| {
+            if dir.kind != Kind::Dir {
+                return Err(ClientError::NotDir(name.to_string()));
+            }
+            match dir.entries.get(name) {
+                // Ours, from an earlier try whose inode write failed.
+                Some(entry) if entry.id == id => {}
+                Some(_) => return Err(ClientError::Exists(name.to_string())),
+                None => {}
+            }
+            dir.entries.insert(
+                name.to_string(),
+                DirEntry {
+                    id,
+                    kind: Kind::File,
+                },
+            );
+            dir.mtime = dir.mtime.max(created);
+            dir.ctime = dir.ctime.max(created);
+            Ok(())
+        });
+        let (written, linked) = tokio::join!(write_inode, link);
+        if let Ok(v) = written {
+            // The next try (if any) writes over this version.
+            self.base = inode.clone();
+            self.base_version = v;
+        }
+        match linked {
+            Ok((_, dir)) => {
+                e.cache_dir(dir);
+                let version = written?;
+                e.remove_pending(&id);
+                Ok(InodeRef { id, version, inode })
+            }
+            Err(err) => {
+                e.forget_dir(&p.parent);
+                let gone = matches!(
+                    err,
+                    ClientError::Exists(_) | ClientError::NotDir(_) | ClientError::NotFound(_)
+                );
+                if gone {
+                    tracing::warn!(
+                        "created file {} could not be linked into directory {}: {err}",
+                        p.name,
+                        p.parent.short()
+                    );
+                    self.lost = true;
+                    e.remove_pending(&id);
+                    if self.base_version > 0 {
+                        let _ = e.client.delete_inode(&id).await;
+                    }
+                    return Err(ClientError::Unavailable {
+                        what: format!("new file {}", p.name),
+                        last: err.to_string(),
+                    });
+                }
+                Err(err)
+            }
+        }
     }
 }
 

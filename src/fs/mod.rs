@@ -52,6 +52,11 @@
 //! - An open file whose uploaded chunks have waited `WRITEBACK_MAX_SECS` (5 min) for
 //!   its record is committed as by `fsync`, so the ring's garbage collection, which
 //!   spares unreferenced chunks only for its grace period, never takes them.
+//! - `open(O_CREAT)` without `O_EXCL` keeps the new file on this mount until its first
+//!   flush, fsync or close, which writes its inode and its name at once (see
+//!   `handles.rs`); this mount shows it at once, other mounts after that close. A name
+//!   taken elsewhere meanwhile makes that close fail with `EIO`, never overwritten.
+//!   `O_EXCL` creates are written before `open` returns.
 //! - atime is set at creation and by `utimensat`, not by reads.
 //! - Hard links, symlinks, FIFOs, sockets, device nodes, extended attributes
 //!   (`user.*`, `trusted.*`, `security.*`; not `system.*`) are stored in the ring.

@@ -4,9 +4,9 @@
 use super::vfs::{Caller, Fs, FsResult, SetAttr};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -426,13 +426,14 @@ impl fuser::Filesystem for ChordFuse {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory changes are compare-and-set writes, durable when they return.
-        reply.ok();
+        // Directory changes are compare-and-set writes, durable when they return; only
+        // the names of files created here and not yet stored are left to write.
+        self.spawn(|fs| async move { empty(reply, fs.sync_dir(ino).await) });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -495,6 +496,22 @@ impl fuser::Filesystem for ChordFuse {
         );
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctls here. Python asks every file it opens whether it is a terminal
+        // (TCGETS); fuser's default answer logs a warning each time.
+        reply.error(Errno::ENOTTY);
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // The kernel checks permissions (default_permissions); existence is all that is left.
         reply.ok();
@@ -507,24 +524,20 @@ impl fuser::Filesystem for ChordFuse {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let (who, name) = (caller(req), name.to_owned());
         let mode = (mode & 0o7777) | libc::S_IFREG;
         self.spawn(|fs| async move {
-            match fs.make(who, parent, &name, mode, 0, None).await {
-                Ok(r) => {
-                    let a = fs.attr_of(&r);
-                    let fh = fs.open_ref(r).await;
-                    reply.created(
-                        &fs.cfg.ttl,
-                        &a,
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    )
-                }
+            match fs.create_file(who, parent, &name, mode, flags).await {
+                Ok((a, fh)) => reply.created(
+                    &fs.cfg.ttl,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
                 Err(e) => reply.error(e),
             }
         });

@@ -2,7 +2,7 @@
 //! returning `Result<_, Errno>`; `ops.rs` adapts them to fuser's callbacks.
 
 use super::errno::log_errno;
-use super::handles::{Engine, Handles, OpenFile, OpenFiles};
+use super::handles::{Engine, Handles, OpenFile, OpenFiles, Pending};
 use super::inodes::{attr, kind_of_mode, InodeTable, BLOCK_BYTES};
 use crate::client::tree::InodeRef;
 use crate::client::{Client, ClientError};
@@ -16,9 +16,6 @@ pub type FsResult<T> = std::result::Result<T, Errno>;
 
 /// Inodes whose extended attributes are kept.
 const XATTR_CACHE_ENTRIES: u64 = 16_384;
-
-/// Directory records kept for lookups.
-const DIR_CACHE_ENTRIES: u64 = 4096;
 
 /// Settings of a mount that the operations need.
 #[derive(Clone, Debug)]
@@ -52,9 +49,6 @@ pub struct Fs {
     pub open: OpenFiles,
     pub files: Handles<Arc<OpenFile>>,
     pub dirs: Handles<Arc<Vec<DirRow>>>,
-    /// Directory records read in the last `ttl`, for lookups (the kernel's own name cache
-    /// has the same lifetime). Changes made through this mount drop the entry at once.
-    dir_cache: moka::sync::Cache<Id, Arc<InodeRef>>,
     /// Extended attributes of inodes read in the last `ttl` (`ls -l` asks for
     /// `security.*` names of every file it lists; this spares the ring those reads).
     xattr_cache: moka::sync::Cache<Id, Arc<Xattrs>>,
@@ -87,16 +81,12 @@ fn ts(t: TimeOrNow, now: Timespec) -> Timespec {
 impl Fs {
     pub fn new(client: Arc<Client>, cfg: FsConfig) -> Fs {
         Fs {
-            engine: Engine::new(client),
+            engine: Engine::new(client, cfg.ttl),
             cfg: cfg.clone(),
             inodes: InodeTable::new(),
             open: OpenFiles::default(),
             files: Handles::new(),
             dirs: Handles::new(),
-            dir_cache: moka::sync::Cache::builder()
-                .max_capacity(DIR_CACHE_ENTRIES)
-                .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
-                .build(),
             xattr_cache: moka::sync::Cache::builder()
                 .max_capacity(XATTR_CACHE_ENTRIES)
                 .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
@@ -112,7 +102,15 @@ impl Fs {
         self.inodes.id(ino).ok_or(Errno::ENOENT)
     }
 
+    /// An inode: a file created here and not yet stored answers from memory.
     async fn get(&self, id: &Id) -> FsResult<InodeRef> {
+        if let Some(p) = self.engine.pending(id) {
+            return Ok(InodeRef {
+                id: *id,
+                version: 0,
+                inode: p.inode,
+            });
+        }
         self.client()
             .get_inode(id)
             .await
@@ -121,20 +119,47 @@ impl Fs {
 
     /// A directory's record, from the cache when read within the last `ttl`.
     async fn dir(&self, id: &Id) -> FsResult<Arc<InodeRef>> {
-        if let Some(d) = self.dir_cache.get(id) {
+        if let Some(d) = self.engine.cached_dir(id) {
             return Ok(d);
         }
-        let d = Arc::new(self.get(id).await?);
-        if d.inode.kind == Kind::Dir && !self.cfg.ttl.is_zero() {
-            self.dir_cache.insert(*id, d.clone());
-        }
-        Ok(d)
+        let d = self.get(id).await?;
+        self.engine.cache_dir(d.clone());
+        Ok(Arc::new(d))
     }
 
     fn forget_dirs(&self, ids: &[Id]) {
         for id in ids {
-            self.dir_cache.invalidate(id);
+            self.engine.forget_dir(id);
         }
+    }
+
+    /// Stores a file created here that is still pending (see `handles.rs`), as its
+    /// first close would: done before any operation that needs it on the ring.
+    async fn settle(&self, id: &Id) -> FsResult<()> {
+        if self.engine.pending(id).is_none() {
+            return Ok(());
+        }
+        match self.open.get(id) {
+            Some(f) => f
+                .commit(&self.engine)
+                .await
+                .map_err(|e| log_errno("storing a new file", &e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn settle_name(&self, parent: &Id, name: &str) -> FsResult<()> {
+        match self.engine.pending_named(parent, name) {
+            Some(id) => self.settle(&id).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn settle_all(&self) -> FsResult<()> {
+        for id in self.engine.pending_ids() {
+            self.settle(&id).await?;
+        }
+        Ok(())
     }
 
     /// The attributes of an inode, with what its open handles wrote but not committed.
@@ -145,6 +170,20 @@ impl Fs {
         }
         let ino = self.inodes.ino(&r.id);
         let mut a = attr(ino, &r.inode);
+        if r.inode.kind == Kind::Dir {
+            // Files created here and not yet stored are in the directory already.
+            for (name, id) in self.engine.pending_in(&r.id) {
+                if r.inode.entries.contains_key(&name) {
+                    continue;
+                }
+                a.size += 32;
+                a.blocks = a.size.div_ceil(512);
+                if let Some(p) = self.engine.pending(&id) {
+                    a.mtime = a.mtime.max(p.inode.ctime.into());
+                    a.ctime = a.ctime.max(p.inode.ctime.into());
+                }
+            }
+        }
         if r.inode.kind == Kind::File {
             if let Some(o) = self.open.get(&r.id).and_then(|f| f.overlay()) {
                 a.size = o.size;
@@ -163,7 +202,11 @@ impl Fs {
         if name.len() > crate::client::tree::NAME_MAX_BYTES {
             return Err(Errno::ENAMETOOLONG);
         }
-        let dir = self.dir(&self.id(parent)?).await?;
+        let pid = self.id(parent)?;
+        if let Some(id) = self.engine.pending_named(&pid, name) {
+            return Ok(self.attr_of(&self.get(&id).await?));
+        }
+        let dir = self.dir(&pid).await?;
         if dir.inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
@@ -172,16 +215,21 @@ impl Fs {
         Ok(self.attr_of(&child))
     }
 
+    /// Attributes; a directory's come from the directory cache when it holds one (the
+    /// kernel asks for the parent's after every create, to check permissions).
     pub async fn getattr(&self, ino: INodeNo) -> FsResult<FileAttr> {
-        let r = self.get(&self.id(ino)?).await?;
-        if r.inode.kind == Kind::Dir && !self.cfg.ttl.is_zero() {
-            self.dir_cache.insert(r.id, Arc::new(r.clone()));
+        let id = self.id(ino)?;
+        if let Some(d) = self.engine.cached_dir(&id) {
+            return Ok(self.attr_of(&d));
         }
+        let r = self.get(&id).await?;
+        self.engine.cache_dir(r.clone());
         Ok(self.attr_of(&r))
     }
 
     pub async fn setattr(&self, ino: INodeNo, set: SetAttr) -> FsResult<FileAttr> {
         let id = self.id(ino)?;
+        self.settle(&id).await?;
         self.forget_dirs(&[id]);
         let now = Timespec::now();
         if let Some(size) = set.size {
@@ -246,6 +294,7 @@ impl Fs {
     }
 
     async fn refresh_open(&self, r: InodeRef) {
+        self.forget_dirs(&[r.id]);
         self.xattr_cache
             .insert(r.id, Arc::new(r.inode.xattrs.clone()));
         if let Some(f) = self.open.get(&r.id) {
@@ -270,9 +319,39 @@ impl Fs {
         if dir.inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        if dir.inode.entries.contains_key(name) {
+        if dir.inode.entries.contains_key(name) || self.engine.pending_named(&pid, name).is_some() {
             return Err(Errno::EEXIST);
         }
+        let inode = self.new_inode(who, &dir.inode, pid, mode, rdev, target)?;
+        match self
+            .client()
+            .create_child_in(&pid, name, inode, Some((*dir).clone()))
+            .await
+        {
+            Ok((child, dir)) => {
+                // The directory as this create wrote it: the next create or lookup in
+                // it needs no read.
+                self.engine.cache_dir(dir);
+                Ok(child)
+            }
+            Err(e) => {
+                self.forget_dirs(&[pid]);
+                Err(log_errno("create", &e))
+            }
+        }
+    }
+
+    /// A new inode of any kind under `dir` (whose id is `pid`), owned by the caller (the
+    /// group of a set-group-id directory, which new directories inherit).
+    fn new_inode(
+        &self,
+        who: Caller,
+        dir: &Inode,
+        pid: Id,
+        mode: u32,
+        rdev: u32,
+        target: Option<&str>,
+    ) -> FsResult<Inode> {
         let kind = if target.is_some() {
             Kind::Symlink
         } else {
@@ -280,8 +359,8 @@ impl Fs {
         };
         let mut gid = who.gid;
         let mut perm = mode & 0o7777;
-        if dir.inode.mode & libc::S_ISGID != 0 {
-            gid = dir.inode.gid;
+        if dir.mode & libc::S_ISGID != 0 {
+            gid = dir.gid;
             if kind == Kind::Dir {
                 perm |= libc::S_ISGID;
             }
@@ -295,30 +374,78 @@ impl Fs {
         if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
             inode.rdev = rdev;
         }
-        match self
-            .client()
-            .create_child_in(&pid, name, inode, Some((*dir).clone()))
-            .await
-        {
-            Ok((child, dir)) => {
-                // The directory as this create wrote it: the next create or lookup in
-                // it needs no read.
-                if !self.cfg.ttl.is_zero() {
-                    self.dir_cache.insert(pid, Arc::new(dir));
-                }
-                Ok(child)
-            }
-            Err(e) => {
-                self.forget_dirs(&[pid]);
-                Err(log_errno("create", &e))
-            }
+        Ok(inode)
+    }
+
+    /// open(O_CREAT) of a regular file: returns its attributes and a handle.
+    ///
+    /// Without O_EXCL the file is only *pending* until its first flush, fsync or close,
+    /// which writes its inode (with its content, for a small file) and its name at once
+    /// (see `handles.rs`): one round of writes per small file instead of two in a row.
+    /// The name is checked against the directory as the ring holds it now, so a name
+    /// that exists anywhere is `EEXIST` here; one made elsewhere between this and the
+    /// first close makes that close fail (`EIO`), never overwritten. O_EXCL creates are
+    /// written at once, so exclusive creation stays atomic across mounts.
+    pub async fn create_file(
+        &self,
+        who: Caller,
+        parent: INodeNo,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(FileAttr, u64)> {
+        if flags & libc::O_EXCL != 0 || self.cfg.ttl.is_zero() {
+            let r = self.make(who, parent, name, mode, 0, None).await?;
+            let a = self.attr_of(&r);
+            return Ok((a, self.open_ref(r).await));
         }
+        let name = name_str(name)?;
+        crate::client::tree::check_name(name).map_err(|e| log_errno("create", &e))?;
+        let pid = self.id(parent)?;
+        // Fresh, not cached: the name must be free on the ring, not only here. The
+        // primary's copy is enough: the first commit's compare-and-set confirms it.
+        let dir = self.client().peek_inode(&pid).await;
+        let dir = dir.map_err(|e| log_errno("create", &e))?;
+        self.engine.cache_dir(dir.clone());
+        if dir.inode.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if dir.inode.entries.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        let mut inode = self.new_inode(who, &dir.inode, pid, mode, 0, None)?;
+        if inode.kind != Kind::File {
+            return Err(Errno::EINVAL);
+        }
+        inode.parent = pid;
+        let id = Id::random();
+        let p = Pending {
+            parent: pid,
+            name: name.to_string(),
+            inode: inode.clone(),
+        };
+        if !self.engine.add_pending(id, p) {
+            return Err(Errno::EEXIST);
+        }
+        let (f, _) = self.open.open(id, inode.clone(), 0);
+        let a = self.attr_of(&InodeRef {
+            id,
+            version: 0,
+            inode,
+        });
+        Ok((a, self.files.insert(f)))
     }
 
     /// Removes a name; deletes the inode when no name and no open handle is left.
     pub async fn remove(&self, parent: INodeNo, name: &std::ffi::OsStr, dir: bool) -> FsResult<()> {
         let name = name_str(name)?;
         let pid = self.id(parent)?;
+        if dir {
+            // A pending file in the directory to remove makes it non-empty.
+            self.settle_all().await?;
+        } else {
+            self.settle_name(&pid, name).await?;
+        }
         let (id, left) = self
             .client()
             .unlink_child(&pid, name, dir)
@@ -353,6 +480,8 @@ impl Fs {
         }
         let (name, newname) = (name_str(name)?, name_str(newname)?);
         let (src, dst) = (self.id(parent)?, self.id(newparent)?);
+        self.settle_name(&src, name).await?;
+        self.settle_name(&dst, newname).await?;
         let no_replace = flags & libc::RENAME_NOREPLACE != 0;
         let replaced = self
             .client()
@@ -360,7 +489,8 @@ impl Fs {
             .await
             .inspect_err(|_| self.forget_dirs(&[src, dst]))
             .map_err(|e| log_errno("rename", &e))?;
-        self.forget_dirs(&[src, dst]);
+        // The moved node's own record changed too (its ctime; a directory's parent).
+        self.engine.forget_all_dirs();
         if let Some((old, left)) = replaced {
             self.forget_dirs(&[old]);
             self.maybe_delete(&old, left).await;
@@ -376,6 +506,10 @@ impl Fs {
     ) -> FsResult<FileAttr> {
         let name = name_str(newname)?;
         let (id, pid) = (self.id(ino)?, self.id(newparent)?);
+        if self.engine.pending_named(&pid, name).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.settle(&id).await?;
         let r = self
             .client()
             .link_child(&id, &pid, name)
@@ -410,7 +544,8 @@ impl Fs {
 
     pub async fn open_ref(&self, r: InodeRef) -> u64 {
         let (f, existed) = self.open.open(r.id, r.inode.clone(), r.version);
-        if existed {
+        // (A pending file, version 0, has nothing newer on the ring to take.)
+        if existed && r.version > 0 {
             f.refresh(r.inode, r.version).await;
         }
         self.files.insert(f)
@@ -463,6 +598,15 @@ impl Fs {
             .map_err(|e| log_errno("flush", &e))
     }
 
+    /// fsyncdir: the files created here in this directory and not yet stored are.
+    pub async fn sync_dir(&self, ino: INodeNo) -> FsResult<()> {
+        let id = self.id(ino)?;
+        for (_, child) in self.engine.pending_in(&id) {
+            self.settle(&child).await?;
+        }
+        Ok(())
+    }
+
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let f = self.files.remove(fh).ok_or(Errno::EBADF)?;
         let res = f
@@ -475,6 +619,22 @@ impl Fs {
 
     async fn release_file(&self, f: &Arc<OpenFile>) {
         if let Some(last) = self.open.close(&f.id) {
+            if let Some(p) = self.engine.pending(&last.id) {
+                // Its close could not store it (and said so): nothing is left to try.
+                self.engine.remove_pending(&last.id);
+                self.forget_dirs(&[p.parent]);
+                let id = last.id;
+                let _ = self
+                    .client()
+                    .update_inode(&p.parent, |dir| {
+                        if dir.entries.get(&p.name).is_some_and(|e| e.id == id) {
+                            dir.entries.remove(&p.name);
+                        }
+                        Ok(())
+                    })
+                    .await;
+                return;
+            }
             if last.unlinked.load(std::sync::atomic::Ordering::SeqCst) {
                 if let Err(e) = self.client().delete_inode(&last.id).await {
                     tracing::warn!("deleting unlinked inode {}: {e}", last.id.short());
@@ -508,7 +668,10 @@ impl Fs {
     }
 
     pub async fn opendir(&self, ino: INodeNo) -> FsResult<u64> {
-        let r = self.get(&self.id(ino)?).await?;
+        let id = self.id(ino)?;
+        // Taken before the read: a file stored meanwhile is in one or the other.
+        let pending = self.engine.pending_in(&id);
+        let r = self.get(&id).await?;
         if r.inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
@@ -536,6 +699,16 @@ impl Fs {
                 name: name.clone(),
             });
         }
+        for (name, id) in pending {
+            if !r.inode.entries.contains_key(&name) {
+                rows.push(DirRow {
+                    id,
+                    ino: self.inodes.ino(&id),
+                    kind: FileType::RegularFile,
+                    name,
+                });
+            }
+        }
         Ok(self.dirs.insert(Arc::new(rows)))
     }
 
@@ -543,8 +716,17 @@ impl Fs {
     /// whose inode vanished since the listing was taken.
     pub async fn row_attrs(&self, rows: &[DirRow]) -> FsResult<Vec<Option<FileAttr>>> {
         let ids: Vec<Id> = rows.iter().map(|r| r.id).collect();
-        let got =
-            futures::future::join_all(ids.iter().map(|id| self.client().get_inode_opt(id))).await;
+        let got = futures::future::join_all(ids.iter().map(|id| async move {
+            match self.engine.pending(id) {
+                Some(p) => Ok(Some(InodeRef {
+                    id: *id,
+                    version: 0,
+                    inode: p.inode,
+                })),
+                None => self.client().get_inode_opt(id).await,
+            }
+        }))
+        .await;
         got.into_iter()
             .map(|g| match g {
                 Ok(Some(r)) => Ok(Some(self.attr_of(&r))),
@@ -631,6 +813,7 @@ impl Fs {
             return Err(Errno::ERANGE);
         }
         let id = self.id(ino)?;
+        self.settle(&id).await?;
         let now = Timespec::now();
         let res = self
             .client()
@@ -661,6 +844,7 @@ impl Fs {
     pub async fn removexattr(&self, ino: INodeNo, name: &std::ffi::OsStr) -> FsResult<()> {
         let name = name_str(name)?.to_string();
         let id = self.id(ino)?;
+        self.settle(&id).await?;
         let now = Timespec::now();
         let res = self
             .client()
