@@ -763,4 +763,69 @@ mod tests {
                 cl.stop_all();
             });
     }
+
+    /// The small side of a partition cannot tell the rest of the ring from dead. However
+    /// long the split lasts (past the lifetime of lost peers), it keeps counting them and
+    /// refuses writes it could not keep: R copies are out of its reach.
+    #[test]
+    fn the_small_side_of_a_long_partition_keeps_refusing_writes() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                let mut rng = StdRng::seed_from_u64(11);
+                let net = SimNet::new(StdRng::seed_from_u64(12));
+                let mut cl = Cluster::new(11, net.clone());
+                for _ in 0..5 {
+                    let i = cl.add();
+                    let via = join_via(&cl, &mut rng);
+                    assert!(cl.start(i, &via).await, "node {i} joins");
+                }
+                assert!(settle(&cl, None, Duration::from_secs(20)).await.is_some());
+                let key = Id::hash(b"minority test");
+                let some = cl.nodes[0].node.clone().expect("live");
+                let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+                // The key's primary and its successor on one side, the other three apart.
+                let small: Vec<String> = holders[..2].iter().map(|p| p.addr.clone()).collect();
+                let big: Vec<String> = cl
+                    .nodes
+                    .iter()
+                    .map(|n| n.addr.clone())
+                    .filter(|a| !small.contains(a))
+                    .collect();
+                net.partition(&[small.clone(), big.clone()]);
+                let node_cfg = cl.nodes[0].node.as_ref().expect("live").cfg.clone();
+                let lifetime =
+                    node_cfg.check_predecessor_every * crate::chord::reconcile::LOST_TTL_CHECKS;
+                tokio::time::sleep(lifetime + Duration::from_secs(10)).await;
+
+                let client = net.endpoint("client");
+                for addr in &small {
+                    let n = cl.nodes.iter().find(|n| &n.addr == addr).expect("node");
+                    let node = n.node.clone().expect("live");
+                    let lost = node.lost.lock().expect("lost lock").len();
+                    assert!(lost >= big.len(), "{addr} still counts {lost} lost peers");
+                    let answer = client
+                        .call(
+                            addr,
+                            Request::CasRecord {
+                                key,
+                                expect: 0,
+                                record: make_record(1),
+                            },
+                            Duration::from_secs(2),
+                        )
+                        .await;
+                    assert!(
+                        !matches!(answer, Ok(Response::Stored { .. })),
+                        "{addr}, on the small side, acknowledged a write: {answer:?}"
+                    );
+                }
+                net.heal();
+                assert!(settle(&cl, None, Duration::from_secs(30)).await.is_some());
+                cl.stop_all();
+            });
+    }
 }
