@@ -309,18 +309,7 @@ impl Client {
             }
         };
         let link = self.update_inode_from(known_parent, parent, |dir| {
-            if dir.kind != Kind::Dir {
-                return Err(ClientError::NotDir(name.to_string()));
-            }
-            match dir.entries.get(name) {
-                // Our own link, written by an earlier attempt whose answer was lost
-                // (a timeout after the primary applied it): done, not a conflict.
-                // Treating it as Exists would delete the inode the name points at.
-                Some(e) if e.id == id => {}
-                Some(_) => return Err(ClientError::Exists(name.to_string())),
-                None => {}
-            }
-            dir.entries.insert(name.to_string(), DirEntry { id, kind });
+            link_new_entry(dir, name, id, kind)?;
             dir.mtime = now;
             dir.ctime = now;
             Ok(())
@@ -584,6 +573,24 @@ fn check_entries(
     if dir.entries.get(dst_name).map(|e| e.id) != dst {
         return Err(ClientError::Contended(dst_name.to_string()));
     }
+    Ok(())
+}
+
+/// Enters a new inode `id` as `name` in directory `dir` (its times are the caller's).
+/// The name naming `id` already is our own link, written by an earlier attempt whose
+/// answer was lost (a timeout after the primary applied it): done, not a conflict;
+/// treating it as Exists would delete the inode the name points at. Any other holder of
+/// the name is `Exists`.
+pub fn link_new_entry(dir: &mut Inode, name: &str, id: Id, kind: Kind) -> Result<()> {
+    if dir.kind != Kind::Dir {
+        return Err(ClientError::NotDir(name.to_string()));
+    }
+    match dir.entries.get(name) {
+        Some(e) if e.id == id => {}
+        Some(_) => return Err(ClientError::Exists(name.to_string())),
+        None => {}
+    }
+    dir.entries.insert(name.to_string(), DirEntry { id, kind });
     Ok(())
 }
 

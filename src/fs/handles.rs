@@ -15,11 +15,11 @@
 //! once; other mounts see it after the close (close-to-open).
 
 use crate::client::kv::Cas;
-use crate::client::tree::InodeRef;
+use crate::client::tree::{link_new_entry, InodeRef};
 use crate::client::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::proto::record::INLINE_MAX_BYTES;
-use crate::proto::{DirEntry, Inode, Kind, Record, Timespec};
+use crate::proto::{Inode, Kind, Record, Timespec};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -804,22 +804,8 @@ impl FileState {
         let known_parent = e.cached_dir(&p.parent).map(|d| (*d).clone());
         let name = p.name.as_str();
         let link = e.client.update_inode_from(known_parent, &p.parent, |dir| {
-            if dir.kind != Kind::Dir {
-                return Err(ClientError::NotDir(name.to_string()));
-            }
-            match dir.entries.get(name) {
-                // Ours, from an earlier try whose inode write failed.
-                Some(entry) if entry.id == id => {}
-                Some(_) => return Err(ClientError::Exists(name.to_string())),
-                None => {}
-            }
-            dir.entries.insert(
-                name.to_string(),
-                DirEntry {
-                    id,
-                    kind: Kind::File,
-                },
-            );
+            // A name already ours comes from an earlier try whose inode write failed.
+            link_new_entry(dir, name, id, Kind::File)?;
             dir.mtime = dir.mtime.max(created);
             dir.ctime = dir.ctime.max(created);
             Ok(())
