@@ -662,106 +662,118 @@ mod tests {
     use crate::proto::{Request, Response};
     use workload::make_record;
 
+    /// Runs `f` on a single-threaded runtime whose clock only moves when every task
+    /// waits, as the simulation's own runs do.
+    fn in_simulated_time<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    /// A ring of `n` simulated nodes, joined one by one, settled.
+    async fn settled_ring(seed: u64, n: usize) -> (Cluster, Arc<SimNet>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let net = SimNet::new(StdRng::seed_from_u64(seed + 1));
+        let mut cl = Cluster::new(seed, net.clone());
+        for _ in 0..n {
+            let i = cl.add();
+            let via = join_via(&cl, &mut rng);
+            assert!(cl.start(i, &via).await, "node {i} joins");
+        }
+        assert!(settle(&cl, None, Duration::from_secs(20)).await.is_some());
+        (cl, net)
+    }
+
     /// A primary cut off right after a partition still counts its old successors, so it
     /// writes locally and only then fails to replicate. That write must be taken back:
     /// the other side then writes the same version, acknowledged, and after the heal
     /// that acknowledged record is what everyone reads, not the failed one.
     #[test]
     fn a_failed_record_write_is_taken_back_and_never_shadows_an_acknowledged_one() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let mut rng = StdRng::seed_from_u64(7);
-                let net = SimNet::new(StdRng::seed_from_u64(8));
-                let mut cl = Cluster::new(7, net.clone());
-                for _ in 0..5 {
-                    let i = cl.add();
-                    let via = join_via(&cl, &mut rng);
-                    assert!(cl.start(i, &via).await, "node {i} joins");
-                }
-                assert!(settle(&cl, None, Duration::from_secs(20)).await.is_some());
-                let key = Id::hash(b"revert test");
-                let some = cl.nodes[0].node.clone().expect("live");
-                let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
-                let primary = holders[0].addr.clone();
-                let client = net.endpoint("client");
-                let t = Duration::from_secs(2);
-                let cas = |addr: String, expect: u64, tag: u64| {
-                    client.call(
-                        &addr,
-                        Request::CasRecord {
-                            key,
-                            expect,
-                            record: make_record(tag),
-                        },
-                        t,
-                    )
+        in_simulated_time(async {
+            let (mut cl, net) = settled_ring(7, 5).await;
+            let key = Id::hash(b"revert test");
+            let some = cl.nodes[0].node.clone().expect("live");
+            let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+            let primary = holders[0].addr.clone();
+            let client = net.endpoint("client");
+            let t = Duration::from_secs(2);
+            let cas = |addr: String, expect: u64, tag: u64| {
+                client.call(
+                    &addr,
+                    Request::CasRecord {
+                        key,
+                        expect,
+                        record: make_record(tag),
+                    },
+                    t,
+                )
+            };
+            let first = cas(primary.clone(), 0, 1).await.expect("answer");
+            assert!(matches!(first, Response::Stored { copies: 3 }), "{first:?}");
+
+            // Cut the primary off, and write through it before it notices.
+            let others: Vec<String> = cl
+                .nodes
+                .iter()
+                .map(|n| n.addr.clone())
+                .filter(|a| *a != primary)
+                .collect();
+            net.partition(&[vec![primary.clone()], others.clone()]);
+            let failed = cas(primary.clone(), 1, 2).await;
+            assert!(
+                !matches!(failed, Ok(Response::Stored { .. })),
+                "a write with no replica reachable is refused: {failed:?}"
+            );
+            let store = cl
+                .nodes
+                .iter()
+                .find(|n| n.addr == primary)
+                .expect("primary")
+                .store
+                .clone();
+            assert_eq!(
+                store.record_version(&key),
+                1,
+                "the failed write is taken back on its primary"
+            );
+
+            // The other side takes the same version, acknowledged.
+            let mut acked = None;
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let via = cl.nodes.iter().find(|n| n.addr == others[0]).unwrap();
+                let Some(n) = via.node.clone() else { continue };
+                let Ok((_, h, _)) = n.lookup(&key, false).await else {
+                    continue;
                 };
-                let first = cas(primary.clone(), 0, 1).await.expect("answer");
-                assert!(matches!(first, Response::Stored { copies: 3 }), "{first:?}");
-
-                // Cut the primary off, and write through it before it notices.
-                let others: Vec<String> = cl
-                    .nodes
-                    .iter()
-                    .map(|n| n.addr.clone())
-                    .filter(|a| *a != primary)
-                    .collect();
-                net.partition(&[vec![primary.clone()], others.clone()]);
-                let failed = cas(primary.clone(), 1, 2).await;
-                assert!(
-                    !matches!(failed, Ok(Response::Stored { .. })),
-                    "a write with no replica reachable is refused: {failed:?}"
-                );
-                let store = cl
-                    .nodes
-                    .iter()
-                    .find(|n| n.addr == primary)
-                    .expect("primary")
-                    .store
-                    .clone();
-                assert_eq!(
-                    store.record_version(&key),
-                    1,
-                    "the failed write is taken back on its primary"
-                );
-
-                // The other side takes the same version, acknowledged.
-                let mut acked = None;
-                for _ in 0..40 {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    let via = cl.nodes.iter().find(|n| n.addr == others[0]).unwrap();
-                    let Some(n) = via.node.clone() else { continue };
-                    let Ok((_, h, _)) = n.lookup(&key, false).await else {
-                        continue;
-                    };
-                    if let Ok(Response::Stored { .. }) = cas(h[0].addr.clone(), 1, 3).await {
-                        acked = Some(h[0].addr.clone());
-                        break;
-                    }
+                if let Ok(Response::Stored { .. }) = cas(h[0].addr.clone(), 1, 3).await {
+                    acked = Some(h[0].addr.clone());
+                    break;
                 }
-                assert!(acked.is_some(), "the majority side takes the write");
+            }
+            assert!(acked.is_some(), "the majority side takes the write");
 
-                net.heal();
-                assert!(settle(&cl, None, Duration::from_secs(30)).await.is_some());
-                // Let repair run, then read through the rightful primary.
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                let read = client
-                    .call(&primary, Request::GetRecord { key, pull: true }, t)
-                    .await
-                    .expect("answer");
-                match read {
-                    Response::Record { version, record } => {
-                        assert_eq!(version, 2);
-                        assert_eq!(record, make_record(3), "the acknowledged body wins");
-                    }
-                    other => panic!("read after heal: {other:?}"),
+            net.heal();
+            assert!(settle(&cl, None, Duration::from_secs(30)).await.is_some());
+            // Let repair run, then read through the rightful primary.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let read = client
+                .call(&primary, Request::GetRecord { key, pull: true }, t)
+                .await
+                .expect("answer");
+            match read {
+                Response::Record { version, record } => {
+                    assert_eq!(version, 2);
+                    assert_eq!(record, make_record(3), "the acknowledged body wins");
                 }
-                cl.stop_all();
-            });
+                other => panic!("read after heal: {other:?}"),
+            }
+            cl.stop_all();
+        });
     }
 
     /// The small side of a partition cannot tell the rest of the ring from dead. However
@@ -769,63 +781,50 @@ mod tests {
     /// refuses writes it could not keep: R copies are out of its reach.
     #[test]
     fn the_small_side_of_a_long_partition_keeps_refusing_writes() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("runtime")
-            .block_on(async {
-                let mut rng = StdRng::seed_from_u64(11);
-                let net = SimNet::new(StdRng::seed_from_u64(12));
-                let mut cl = Cluster::new(11, net.clone());
-                for _ in 0..5 {
-                    let i = cl.add();
-                    let via = join_via(&cl, &mut rng);
-                    assert!(cl.start(i, &via).await, "node {i} joins");
-                }
-                assert!(settle(&cl, None, Duration::from_secs(20)).await.is_some());
-                let key = Id::hash(b"minority test");
-                let some = cl.nodes[0].node.clone().expect("live");
-                let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
-                // The key's primary and its successor on one side, the other three apart.
-                let small: Vec<String> = holders[..2].iter().map(|p| p.addr.clone()).collect();
-                let big: Vec<String> = cl
-                    .nodes
-                    .iter()
-                    .map(|n| n.addr.clone())
-                    .filter(|a| !small.contains(a))
-                    .collect();
-                net.partition(&[small.clone(), big.clone()]);
-                let node_cfg = cl.nodes[0].node.as_ref().expect("live").cfg.clone();
-                let lifetime =
-                    node_cfg.check_predecessor_every * crate::chord::reconcile::LOST_TTL_CHECKS;
-                tokio::time::sleep(lifetime + Duration::from_secs(10)).await;
+        in_simulated_time(async {
+            let (mut cl, net) = settled_ring(11, 5).await;
+            let key = Id::hash(b"minority test");
+            let some = cl.nodes[0].node.clone().expect("live");
+            let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+            // The key's primary and its successor on one side, the other three apart.
+            let small: Vec<String> = holders[..2].iter().map(|p| p.addr.clone()).collect();
+            let big: Vec<String> = cl
+                .nodes
+                .iter()
+                .map(|n| n.addr.clone())
+                .filter(|a| !small.contains(a))
+                .collect();
+            net.partition(&[small.clone(), big.clone()]);
+            let node_cfg = cl.nodes[0].node.as_ref().expect("live").cfg.clone();
+            let lifetime =
+                node_cfg.check_predecessor_every * crate::chord::reconcile::LOST_TTL_CHECKS;
+            tokio::time::sleep(lifetime + Duration::from_secs(10)).await;
 
-                let client = net.endpoint("client");
-                for addr in &small {
-                    let n = cl.nodes.iter().find(|n| &n.addr == addr).expect("node");
-                    let node = n.node.clone().expect("live");
-                    let lost = node.lost.lock().expect("lost lock").len();
-                    assert!(lost >= big.len(), "{addr} still counts {lost} lost peers");
-                    let answer = client
-                        .call(
-                            addr,
-                            Request::CasRecord {
-                                key,
-                                expect: 0,
-                                record: make_record(1),
-                            },
-                            Duration::from_secs(2),
-                        )
-                        .await;
-                    assert!(
-                        !matches!(answer, Ok(Response::Stored { .. })),
-                        "{addr}, on the small side, acknowledged a write: {answer:?}"
-                    );
-                }
-                net.heal();
-                assert!(settle(&cl, None, Duration::from_secs(30)).await.is_some());
-                cl.stop_all();
-            });
+            let client = net.endpoint("client");
+            for addr in &small {
+                let n = cl.nodes.iter().find(|n| &n.addr == addr).expect("node");
+                let node = n.node.clone().expect("live");
+                let lost = node.lost.lock().expect("lost lock").len();
+                assert!(lost >= big.len(), "{addr} still counts {lost} lost peers");
+                let answer = client
+                    .call(
+                        addr,
+                        Request::CasRecord {
+                            key,
+                            expect: 0,
+                            record: make_record(1),
+                        },
+                        Duration::from_secs(2),
+                    )
+                    .await;
+                assert!(
+                    !matches!(answer, Ok(Response::Stored { .. })),
+                    "{addr}, on the small side, acknowledged a write: {answer:?}"
+                );
+            }
+            net.heal();
+            assert!(settle(&cl, None, Duration::from_secs(30)).await.is_some());
+            cl.stop_all();
+        });
     }
 }
