@@ -86,19 +86,13 @@ impl Node {
         self.cfg.check_predecessor_every * LOST_TTL_CHECKS
     }
 
-    /// Live nodes this node sees, itself included: its distinct successors, when the
-    /// list is not full (a full list means a ring larger than the list: `None`).
+    /// Live nodes this node sees, itself included: its successors (distinct, as
+    /// `Routing::set_successors` keeps them), when the list is not full (a full list
+    /// means a ring larger than the list: `None`).
     fn live_in_view(&self) -> Option<usize> {
         let r = self.routing.read().expect("routing lock");
-        let mut ids: Vec<_> = r
-            .successors
-            .iter()
-            .filter(|p| p.id != self.me.id)
-            .map(|p| p.id)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        (ids.len() < r.list_len).then_some(1 + ids.len())
+        let others = r.successors.iter().filter(|p| p.id != self.me.id).count();
+        (others < r.list_len).then_some(1 + others)
     }
 
     fn forget_lost(&self, peer: &Peer) {
