@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 const SMALL_CHUNK: u32 = 64 * 1024;
 
-async fn round_trip(client: &Client, path: &str, data: &[u8]) {
+async fn round_trip(client: &Arc<Client>, path: &str, data: &[u8]) {
     put_bytes(client, path, data).await;
     assert_same(path, &get_bytes(client, path).await, data);
     let f = client.resolve(path).await.expect("resolve");

@@ -11,7 +11,14 @@ use crate::proto::{Inode, Kind, Timespec};
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::task::AbortOnDropHandle;
+
+/// The outcome of a chunk task; a panic in one is an error of the transfer.
+fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>) -> Result<T> {
+    r.map_err(|e| ClientError::Io(std::io::Error::other(format!("chunk task failed: {e}"))))
+}
 
 /// Called with the bytes moved since the last call.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
@@ -38,9 +45,12 @@ impl Client {
         self.put_chunk(data).await
     }
 
-    /// Chunks a stream and stores the chunks, `parallel_chunks` at a time.
+    /// Chunks a stream and stores the chunks, `parallel_chunks` at a time. Each chunk is
+    /// stored by a task of its own, so hashing and sending go on while the next chunk
+    /// is read (polled only from here, they would wait for every read: the CLI's put ran
+    /// at half the mount's rate).
     pub async fn upload<R: AsyncRead + Unpin>(
-        &self,
+        self: &Arc<Self>,
         reader: &mut R,
         chunk_bytes: u32,
         progress: Progress<'_>,
@@ -60,21 +70,22 @@ impl Client {
             let index = keys.len();
             keys.push(Id::ZERO);
             while pending.len() >= parallel {
-                let (i, len, res): (usize, u64, Result<Id>) =
-                    pending.next().await.expect("non-empty");
+                let (i, len, res) = joined(pending.next().await.expect("non-empty"))?;
                 keys[i] = res?;
                 progress(len);
             }
             let data = Bytes::from(buf);
-            pending.push(async move {
+            let client = self.clone();
+            pending.push(AbortOnDropHandle::new(tokio::spawn(async move {
                 let len = data.len() as u64;
-                (index, len, self.put_block(data).await)
-            });
+                (index, len, client.put_block(data).await)
+            })));
             if n < chunk_bytes as usize {
                 break;
             }
         }
-        while let Some((i, len, res)) = pending.next().await {
+        while let Some(done) = pending.next().await {
+            let (i, len, res) = joined(done)?;
             keys[i] = res?;
             progress(len);
         }
@@ -137,9 +148,10 @@ impl Client {
         Ok(out)
     }
 
-    /// Streams a whole file to `writer`, `parallel_chunks` chunks ahead.
+    /// Streams a whole file to `writer`, `parallel_chunks` chunks ahead, each fetched
+    /// (and its hash checked) by a task of its own while earlier ones are written out.
     pub async fn download<W: AsyncWrite + Unpin>(
-        &self,
+        self: &Arc<Self>,
         inode: &Inode,
         writer: &mut W,
         progress: Progress<'_>,
@@ -147,17 +159,20 @@ impl Client {
         let cb = inode.chunk_bytes.max(1) as u64;
         let count = inode.size.div_ceil(cb) as usize;
         let parallel = self.cfg.parallel_chunks.max(1);
+        let inode = Arc::new(inode.clone());
         let mut pending = FuturesOrdered::new();
         let mut next = 0usize;
         let mut written = 0u64;
         while next < count || !pending.is_empty() {
             while next < count && pending.len() < parallel {
-                let i = next;
-                pending.push_back(async move { self.read_block(inode, i).await });
+                let (client, inode, i) = (self.clone(), inode.clone(), next);
+                pending.push_back(AbortOnDropHandle::new(tokio::spawn(async move {
+                    client.read_block(&inode, i).await
+                })));
                 next += 1;
             }
             if let Some(block) = pending.next().await {
-                let block = block?;
+                let block = joined(block)??;
                 writer.write_all(&block).await?;
                 written += block.len() as u64;
                 progress(block.len() as u64);
@@ -170,7 +185,7 @@ impl Client {
     /// Stores a local stream as `path`, creating missing parent directories. An existing
     /// file at `path` gets the new content (same inode, so hard links see it).
     pub async fn put_file<R: AsyncRead + Unpin>(
-        &self,
+        self: &Arc<Self>,
         path: &str,
         reader: &mut R,
         mode: u32,
@@ -225,7 +240,7 @@ impl Client {
 
     /// Streams the file at `path` into `writer`. Returns its size.
     pub async fn get_file<W: AsyncWrite + Unpin>(
-        &self,
+        self: &Arc<Self>,
         path: &str,
         writer: &mut W,
         progress: Progress<'_>,

@@ -541,7 +541,7 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-pub async fn put_bytes(client: &Client, path: &str, data: &[u8]) {
+pub async fn put_bytes(client: &Arc<Client>, path: &str, data: &[u8]) {
     let mut r = data;
     client
         .put_file(path, &mut r, 0o644, &|_| {})
@@ -549,7 +549,7 @@ pub async fn put_bytes(client: &Client, path: &str, data: &[u8]) {
         .unwrap_or_else(|e| panic!("put {path}: {e}"));
 }
 
-pub async fn get_bytes(client: &Client, path: &str) -> Vec<u8> {
+pub async fn get_bytes(client: &Arc<Client>, path: &str) -> Vec<u8> {
     let mut out = Vec::new();
     client
         .get_file(path, &mut out, &|_| {})
