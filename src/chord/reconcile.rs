@@ -231,6 +231,25 @@ impl Node {
         if !alone {
             return;
         }
+        self.rejoin(REJOIN_TRIES).await;
+    }
+
+    /// A leave that finds this node alone: tries every peer it knows, lost ones too.
+    pub(super) async fn rejoin_to_leave(&self) {
+        let lost: Vec<Peer> = self
+            .lost
+            .lock()
+            .expect("lost lock")
+            .iter()
+            .map(|l| l.peer.clone())
+            .collect();
+        self.note_seen(&lost);
+        self.rejoin(LOST_MAX + 1).await;
+    }
+
+    /// Joins again through the address this node first joined by, or else through
+    /// peers it has had in its successor lists, most recent first; at most `tries`.
+    async fn rejoin(&self, tries: usize) {
         let mut candidates: Vec<String> = Vec::new();
         if let Some(via) = self.joined_via.lock().expect("joined_via lock").clone() {
             candidates.push(via);
@@ -240,7 +259,7 @@ impl Node {
                 candidates.push(p.addr.clone());
             }
         }
-        for via in candidates.into_iter().take(REJOIN_TRIES) {
+        for via in candidates.into_iter().take(tries) {
             match self.join_through(&via).await {
                 Ok(()) => {
                     tracing::info!("alone: rejoined through {via}");

@@ -107,6 +107,14 @@ impl Node {
             }
             let (from, successors, _) = match self.lookup(&keys[i].0, leaving).await {
                 Ok(found) => found,
+                // A leave goes on with the other keys: over a lossy network, stopping at
+                // the first failed lookup left most keys untried pass after pass.
+                Err(e) if leaving => {
+                    tracing::debug!("leave: lookup of {} failed: {e}", keys[i].0.short());
+                    unsettled += 1;
+                    i += 1;
+                    continue;
+                }
                 Err(e) => break Err(e),
             };
             let owner = successors[0].id;
