@@ -627,6 +627,11 @@ impl Node {
     /// back from a partition wrote as primary while its predecessor's answer was lost),
     /// and the write waits until check_predecessor has settled who it is.
     async fn primacy_doubt(&self, key: &Id) -> Option<String> {
+        if let Some((live, lost)) = self.outnumbered() {
+            return Some(format!(
+                "it sees {live} live nodes and has lost {lost}: it may be cut off from most of the ring"
+            ));
+        }
         let (pred, succ) = {
             let r = self.routing.read().expect("routing lock");
             (r.predecessor.clone(), r.successor().clone())
