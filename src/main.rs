@@ -405,12 +405,13 @@ async fn remove(client: &Client, path: &str, recursive: bool) -> Result<()> {
             ))
             .await?;
         }
-        client.unlink_child(&parent.id, name, true).await?;
+        client
+            .unlink_child(&parent.id, name, true, |_| true)
+            .await?;
     } else {
-        let (id, left) = client.unlink_child(&parent.id, name, false).await?;
-        if left == 0 {
-            client.delete_inode(&id).await?;
-        }
+        client
+            .unlink_child(&parent.id, name, false, |_| true)
+            .await?;
     }
     Ok(())
 }

@@ -380,14 +380,30 @@ impl Client {
     }
 
     /// Removes the name `parent/name`. `want_dir` says what the caller expects (rmdir:
-    /// an empty directory; unlink: anything else). Returns the inode id and its link count
-    /// after the removal; the caller deletes the inode when that reaches 0 (the mount
-    /// waits for the last open handle to close).
-    pub async fn unlink_child(&self, parent: &Id, name: &str, want_dir: bool) -> Result<(Id, u32)> {
+    /// an empty directory; unlink: anything else). Returns the inode id, its link count
+    /// after the removal, and whether the inode was deleted. A directory's inode is
+    /// deleted here; a file's when its last link goes and `may_delete(id)` agrees (the mount says no while a handle is
+    /// open, and deletes it at the last close). Three ordered steps at most, each one
+    /// read and one write: the directory (read once, its name checked and removed in
+    /// the same version), then the inode's link count, written straight as a deletion
+    /// when it drops to 0.
+    pub async fn unlink_child(
+        &self,
+        parent: &Id,
+        name: &str,
+        want_dir: bool,
+        may_delete: impl Fn(&Id) -> bool,
+    ) -> Result<(Id, u32, bool)> {
         check_name(name)?;
-        let entry = self
-            .lookup_child(parent, name)
-            .await?
+        let dir = self.get_inode(parent).await?;
+        if dir.inode.kind != Kind::Dir {
+            return Err(ClientError::NotDir(format!("inode {}", parent.short())));
+        }
+        let entry = dir
+            .inode
+            .entries
+            .get(name)
+            .copied()
             .ok_or_else(|| ClientError::NotFound(name.to_string()))?;
         if want_dir && entry.kind != Kind::Dir {
             return Err(ClientError::NotDir(name.to_string()));
@@ -403,7 +419,7 @@ impl Client {
             }
         }
         let now = Timespec::now();
-        self.update_inode(parent, |dir| {
+        self.update_inode_from(Some(dir), parent, |dir| {
             match dir.entries.get(name) {
                 Some(e) if e.id == entry.id => {}
                 _ => return Err(ClientError::NotFound(name.to_string())),
@@ -416,22 +432,44 @@ impl Client {
         .await?;
         if want_dir {
             self.delete_inode(&entry.id).await?;
-            return Ok((entry.id, 0));
+            return Ok((entry.id, 0, true));
         }
-        let left = match self
-            .update_inode(&entry.id, |ino| {
-                ino.nlink = ino.nlink.saturating_sub(1);
-                ino.ctime = now;
-                Ok(ino.nlink)
-            })
-            .await
-        {
-            Ok((left, _)) => left,
-            // The name pointed at nothing (see `create_child`): nothing more to drop.
-            Err(ClientError::NotFound(_)) => 0,
-            Err(e) => return Err(e),
-        };
-        Ok((entry.id, left))
+        let (left, deleted) = self.drop_link(&entry.id, now, &may_delete).await?;
+        Ok((entry.id, left, deleted))
+    }
+
+    /// Takes one link off inode `id`; at 0 links, and when `may_delete(id)`, writes its
+    /// deletion instead, in the same compare-and-set. Returns the links left and whether
+    /// the inode is gone (a name that pointed at nothing, see `create_child`: 0, true).
+    async fn drop_link(
+        &self,
+        id: &Id,
+        now: Timespec,
+        may_delete: impl Fn(&Id) -> bool,
+    ) -> Result<(u32, bool)> {
+        for attempt in 0..CAS_ATTEMPTS {
+            let Some((version, record)) = self.get_record(id).await? else {
+                return Ok((0, true));
+            };
+            let Record::Inode(mut ino) = record else {
+                return Ok((0, true));
+            };
+            ino.nlink = ino.nlink.saturating_sub(1);
+            ino.ctime = now;
+            let left = ino.nlink;
+            let delete = left == 0 && may_delete(id);
+            let new = if delete {
+                Record::Deleted
+            } else {
+                Record::Inode(ino)
+            };
+            if let Cas::Done(_) = self.cas_record(id, version, new).await? {
+                return Ok((left, delete));
+            }
+            let jitter = rand::random::<u64>() % (1 + (attempt as u64).min(20));
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
+        Err(ClientError::Contended(format!("inode {}", id.short())))
     }
 
     /// True when `ancestor` is `dir` or one of its ancestors.

@@ -938,6 +938,11 @@ impl OpenFiles {
         None
     }
 
+    /// Whether a handle of this mount has the file open.
+    pub fn is_open(&self, id: &Id) -> bool {
+        self.map.lock().expect("open files").contains_key(id)
+    }
+
     /// Marks an unlinked file for deletion at its last close. False when not open.
     pub fn defer_delete(&self, id: &Id) -> bool {
         match self.map.lock().expect("open files").get(id) {

@@ -446,14 +446,15 @@ impl Fs {
         } else {
             self.settle_name(&pid, name).await?;
         }
-        let (id, left) = self
+        // A file open here is deleted at its last close instead.
+        let (id, left, deleted) = self
             .client()
-            .unlink_child(&pid, name, dir)
+            .unlink_child(&pid, name, dir, |id| !self.open.is_open(id))
             .await
             .inspect_err(|_| self.forget_dirs(&[pid]))
             .map_err(|e| log_errno("unlink", &e))?;
         self.forget_dirs(&[pid, id]);
-        if !dir {
+        if !deleted {
             self.maybe_delete(&id, left).await;
         }
         Ok(())
