@@ -5,6 +5,7 @@ use crate::id::Id;
 use crate::net::RpcError;
 use crate::proto::{ErrorKind, Peer, Record, Request, Response};
 use bytes::Bytes;
+use std::sync::Arc;
 use std::time::Duration;
 // Tokio's clock, so op timeouts follow paused (simulated) time in tests.
 use tokio::time::Instant;
@@ -75,10 +76,23 @@ impl Client {
 
     /// Fetches a chunk, verifying its hash; a bad or missing copy sends the read to the
     /// next replica.
+    ///
+    /// Concurrent reads of one chunk share one fetch: the mount's readahead and a read
+    /// that catches up with it used to fetch the same chunk twice.
     pub async fn get_chunk(&self, key: &Id) -> Result<Bytes> {
-        if let Some(b) = self.cache.get(key).await {
-            return Ok(b);
-        }
+        self.cache
+            .try_get_with(*key, self.fetch_chunk(key))
+            .await
+            .map_err(|e| {
+                Arc::try_unwrap(e).unwrap_or_else(|shared| ClientError::Unavailable {
+                    what: format!("chunk {}", key.short()),
+                    last: shared.to_string(),
+                })
+            })
+    }
+
+    /// One fetch of a chunk from its holders, for [`Client::get_chunk`].
+    async fn fetch_chunk(&self, key: &Id) -> Result<Bytes> {
         let started = Instant::now();
         let mut last = String::from("not found on any replica");
         for attempt in 0..4u32 {
@@ -96,7 +110,6 @@ impl Client {
                 match self.call(&peer, Request::GetChunk { key: *key }).await {
                     Ok(Response::Chunk(data)) => {
                         if Id::hash(&data) == *key {
-                            self.cache.insert(*key, data.clone()).await;
                             return Ok(data);
                         }
                         last = format!("{} sent a copy that fails its hash", peer.addr);
