@@ -256,11 +256,8 @@ impl Node {
     /// Graceful leave: close the ring around this node, then hand every key to the nodes
     /// that hold it once this one is gone, verified, before returning.
     pub async fn leave(&self) {
-        let alone = |r: &super::routing::Routing| {
-            r.successors.iter().all(|p| p.id == self.me.id) && r.predecessor.is_none()
-        };
         let mut r = self.snapshot();
-        if alone(&r) && !self.store.keys().is_empty() {
+        if r.is_alone() && !self.store.keys().is_empty() {
             // Alone, with data: the ring may only have lost this node (loss, a
             // partition). Join it again through the peers it knew, to hand the data
             // over and tell its neighbours of the leave. (Simulation seed 11748: a node
@@ -271,7 +268,7 @@ impl Node {
         }
         self.leaving
             .store(true, std::sync::atomic::Ordering::Release);
-        if alone(&r) {
+        if r.is_alone() {
             // The last member: there is nobody to hand data to; it stays on disk.
             return;
         }

@@ -249,11 +249,7 @@ impl Node {
     /// first). (Found by the simulation: CHORDFS_SIM_SEED=450, where n10's only peer
     /// left; and 92, where the node it joined through was gone as well.)
     async fn rejoin_if_alone(&self) {
-        let alone = {
-            let r = self.routing.read().expect("routing lock");
-            r.successor().id == self.me.id && r.predecessor.is_none()
-        };
-        if !alone {
+        if !self.routing.read().expect("routing lock").is_alone() {
             return;
         }
         self.rejoin(REJOIN_TRIES).await;

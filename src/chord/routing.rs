@@ -39,6 +39,11 @@ impl Routing {
         &self.successors[0]
     }
 
+    /// A node with no other node in its table: its own successor, and no predecessor.
+    pub fn is_alone(&self) -> bool {
+        self.successor().id == self.me.id && self.predecessor.is_none()
+    }
+
     /// Answers one lookup step for `key`, ignoring peers in `avoid` (found dead by the
     /// caller). Falls back on the successor list when fingers are stale or missing.
     pub fn step(&self, key: &Id, avoid: &[Id]) -> Step {
