@@ -16,6 +16,13 @@ use std::time::Duration;
 pub const NAME_MAX_BYTES: usize = 255;
 /// Compare-and-set attempts before an update gives up.
 const CAS_ATTEMPTS: u32 = 200;
+
+/// A random pause after a lost compare-and-set, longer as the attempts add up (at most
+/// 20 ms), so contending writers drift apart.
+async fn contention_pause(attempt: u32) {
+    let jitter = rand::random::<u64>() % (1 + (attempt as u64).min(20));
+    tokio::time::sleep(Duration::from_millis(jitter)).await;
+}
 /// Deepest directory walk (bounds a corrupt tree's cycle).
 const MAX_DEPTH: usize = 4096;
 
@@ -173,8 +180,7 @@ impl Client {
                 }
                 Cas::Conflict(_) if optimistic => {}
                 Cas::Conflict(_) => {
-                    let jitter = rand::random::<u64>() % (1 + (attempt as u64).min(20));
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    contention_pause(attempt).await;
                     attempt += 1;
                 }
             }
@@ -382,11 +388,11 @@ impl Client {
     /// Removes the name `parent/name`. `want_dir` says what the caller expects (rmdir:
     /// an empty directory; unlink: anything else). Returns the inode id, its link count
     /// after the removal, and whether the inode was deleted. A directory's inode is
-    /// deleted here; a file's when its last link goes and `may_delete(id)` agrees (the mount says no while a handle is
-    /// open, and deletes it at the last close). Three ordered steps at most, each one
-    /// read and one write: the directory (read once, its name checked and removed in
-    /// the same version), then the inode's link count, written straight as a deletion
-    /// when it drops to 0.
+    /// deleted here; a file's when its last link goes and `may_delete(id)` agrees (the
+    /// mount says no while a handle is open, and deletes it at the last close). Two
+    /// ordered steps for a file, each one read and one write: the directory (read once,
+    /// its name checked and removed in that version), then the inode's link count,
+    /// written straight as a deletion when it drops to 0.
     pub async fn unlink_child(
         &self,
         parent: &Id,
@@ -466,8 +472,7 @@ impl Client {
             if let Cas::Done(_) = self.cas_record(id, version, new).await? {
                 return Ok((left, delete));
             }
-            let jitter = rand::random::<u64>() % (1 + (attempt as u64).min(20));
-            tokio::time::sleep(Duration::from_millis(jitter)).await;
+            contention_pause(attempt).await;
         }
         Err(ClientError::Contended(format!("inode {}", id.short())))
     }
