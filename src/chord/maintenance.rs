@@ -257,7 +257,7 @@ impl Node {
     /// that hold it once this one is gone, verified, before returning.
     pub async fn leave(&self) {
         let mut r = self.snapshot();
-        if r.is_alone() && !self.store.keys().is_empty() {
+        if r.is_alone() && !self.store.is_empty() {
             // Alone, with data: the ring may only have lost this node (loss, a
             // partition). Join it again through the peers it knew, to hand the data
             // over and tell its neighbours of the leave. (Simulation seed 11748: a node
@@ -309,7 +309,7 @@ impl Node {
         let mut progress_at = tokio::time::Instant::now();
         for attempt in 0..LEAVE_PASSES_MAX {
             let pass = self.repair_pass(true).await;
-            let held = self.store.keys().len();
+            let held = self.store.len();
             match pass {
                 Ok(0) if held == 0 => return,
                 Ok(left) => tracing::warn!(

@@ -295,6 +295,15 @@ impl Store {
             .collect()
     }
 
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.index.lock().expect("index lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// At most `limit` keys after `after` (from the start when `None`), in ring order.
     pub fn keys_after(&self, after: Option<Id>, limit: usize) -> Vec<(Id, Meta)> {
         use std::ops::Bound;
