@@ -16,8 +16,8 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use chordfs::id::Id;
 use chordfs::proto::{
-    codec, DirEntry, Envelope, ErrorKind, GcReport, Inode, KeyInfo, Kind, NodeState, NodeStats,
-    Peer, Record, Request, Response, Timespec, Value, FRAME_MAX_BYTES,
+    codec, DirEntry, Envelope, ErrorKind, GcReport, Held, Inode, KeyInfo, Kind, NodeState,
+    NodeStats, Peer, Record, Request, Response, Timespec, Value, FRAME_MAX_BYTES,
 };
 use chordfs::store::{decode_record_file, encode_record_file, Store};
 use proptest::prelude::*;
@@ -320,6 +320,14 @@ fn node_stats() -> impl Strategy<Value = NodeStats> {
     )
 }
 
+fn held() -> impl Strategy<Value = Held> {
+    prop_oneof![
+        Just(Held::No),
+        any::<u64>().prop_map(Held::Kept),
+        any::<u64>().prop_map(Held::Stray),
+    ]
+}
+
 fn key_info() -> impl Strategy<Value = KeyInfo> {
     (id(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(key, size, version, chunk)| {
         KeyInfo {
@@ -339,15 +347,17 @@ fn response() -> impl Strategy<Value = Response> {
             proptest::option::of(peer()),
             peers(6),
             any::<u32>(),
+            peers(4),
             peers(4)
         )
-            .prop_map(|(me, predecessor, successors, replicas, lost)| {
+            .prop_map(|(me, predecessor, successors, replicas, lost, seen)| {
                 Response::State(NodeState {
                     me,
                     predecessor,
                     successors,
                     replicas,
                     lost,
+                    seen,
                 })
             }),
         (peer(), peers(6)).prop_map(|(from, successors)| Response::Found { from, successors }),
@@ -358,8 +368,7 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), record()).prop_map(|(version, record)| Response::Record { version, record }),
         any::<u64>().prop_map(|current| Response::Conflict { current }),
         Just(Response::NotFound),
-        prop::collection::vec(proptest::option::of(any::<u64>()), 0..32)
-            .prop_map(Response::Versions),
+        prop::collection::vec(held(), 0..32).prop_map(Response::Held),
         node_stats().prop_map(Response::Stats),
         prop::collection::vec(key_info(), 0..16).prop_map(Response::Keys),
         (ids(64), proptest::option::of(id()))
@@ -393,7 +402,7 @@ fn response_variant(r: &Response) -> usize {
         Response::Record { .. } => 7,
         Response::Conflict { .. } => 8,
         Response::NotFound => 9,
-        Response::Versions(_) => 10,
+        Response::Held(_) => 10,
         Response::Stats(_) => 11,
         Response::Keys(_) => 12,
         Response::Error { .. } => 13,

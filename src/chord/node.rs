@@ -4,7 +4,7 @@ use super::repair::RepairStatus;
 use super::routing::{Routing, Step};
 use crate::id::Id;
 use crate::net::{RpcError, Transport};
-use crate::proto::{ErrorKind, NodeState, NodeStats, Peer, Record, Request, Response};
+use crate::proto::{ErrorKind, Held, NodeState, NodeStats, Peer, Record, Request, Response};
 use crate::store::{self, Store};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -109,7 +109,8 @@ pub struct Node {
     /// Chunks garbage collection freed here lately, refused as repair copies.
     // Never held across an await: one map operation at a time.
     pub freed: Mutex<super::gc::Freed>,
-    /// Records this node holds outside its range, since when (see `repair_group`).
+    /// Keys this node holds but found outside its range in its last repair pass, since
+    /// when: it answers them as [`Held::Stray`] (see `repair_group`).
     // Never held across an await: one map operation at a time.
     pub strays: Mutex<HashMap<Id, tokio::time::Instant>>,
     /// Peers that announced their leave lately, and when (see `note_departed`).
@@ -195,6 +196,7 @@ impl Node {
                 .iter()
                 .map(|l| l.peer.clone())
                 .collect(),
+            seen: self.seen.lock().expect("seen lock").clone(),
         }
     }
 
@@ -973,11 +975,18 @@ impl Node {
                     None => Response::NotFound,
                 }
             }
-            Request::HaveKeys { keys } => Response::Versions(
-                keys.iter()
-                    .map(|k| self.store.meta(k).map(|m| m.version))
-                    .collect(),
-            ),
+            Request::HaveKeys { keys } => {
+                let strays = self.strays.lock().expect("strays lock");
+                Response::Held(
+                    keys.iter()
+                        .map(|k| match self.store.meta(k) {
+                            None => Held::No,
+                            Some(m) if strays.contains_key(k) => Held::Stray(m.version),
+                            Some(m) => Held::Kept(m.version),
+                        })
+                        .collect(),
+                )
+            }
             Request::Stats => Response::Stats(self.stats()),
             Request::ListKeys { after, limit } => {
                 let limit = (limit as usize).min(crate::proto::KEYS_MAX);

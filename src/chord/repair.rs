@@ -10,7 +10,7 @@
 use super::node::Node;
 use crate::id::Id;
 use crate::net::RpcError;
-use crate::proto::{Peer, Request, Response, KEYS_MAX};
+use crate::proto::{Held, Peer, Request, Response, KEYS_MAX};
 use crate::store::{EntryKind, Meta};
 use serde::Serialize;
 use std::time::Duration;
@@ -85,6 +85,11 @@ impl Node {
     pub async fn repair_pass(&self, leaving: bool) -> Result<usize, RpcError> {
         let started = Instant::now();
         let keys = self.store.keys();
+        // Forget the stray marks of keys gone since (dropped by garbage collection).
+        self.strays
+            .lock()
+            .expect("strays lock")
+            .retain(|k, _| self.store.meta(k).is_some());
         self.update_repair(|s| {
             s.running = true;
             s.keys_total = keys.len() as u64;
@@ -170,20 +175,44 @@ impl Node {
     ) -> (usize, u64) {
         let keep_here = !leaving && holders.iter().any(|p| p.id == self.me.id);
         let others: Vec<&Peer> = holders.iter().filter(|p| p.id != self.me.id).collect();
-        // confirmed[k] = how many other rightful holders have key k at our version or newer.
+        // Mark our copies stray *before* asking anyone, and keep the mark until they are
+        // dropped (or found ours again): a peer asking meanwhile gets `Held::Stray` and
+        // does not count this copy. So of two nodes that each take the other for a
+        // holder, at most one can lean on the other's copy to drop its own.
+        {
+            let now = Instant::now();
+            let mut strays = self.strays.lock().expect("strays lock");
+            for (key, _) in group {
+                if keep_here {
+                    strays.remove(key);
+                } else {
+                    strays.entry(*key).or_insert(now);
+                }
+            }
+        }
+        // confirmed[k] = how many other rightful holders keep key k at our version or newer.
         let mut confirmed = vec![0usize; group.len()];
         for peer in &others {
             for (batch_no, batch) in group.chunks(KEYS_MAX / 4).enumerate() {
                 let base = batch_no * (KEYS_MAX / 4);
                 let keys: Vec<Id> = batch.iter().map(|(k, _)| *k).collect();
-                let versions = match self.call(peer, Request::HaveKeys { keys }).await {
-                    Ok(Response::Versions(v)) if v.len() == batch.len() => v,
+                let held = match self.call(peer, Request::HaveKeys { keys }).await {
+                    Ok(Response::Held(v)) if v.len() == batch.len() => v,
                     _ => continue,
                 };
-                for (n, ((key, meta), theirs)) in batch.iter().zip(versions).enumerate() {
+                for (n, ((key, meta), theirs)) in batch.iter().zip(held).enumerate() {
                     let ok = match theirs {
-                        Some(v) if v >= meta.version => true,
-                        _ => self.push(peer, key, meta, throttle).await,
+                        Held::Kept(v) if v >= meta.version => true,
+                        // The peer has it but is handing it off: no copy to count on,
+                        // and none to send.
+                        Held::Stray(v) if v >= meta.version => false,
+                        // Missing or older: give it ours. A stray holder updated so
+                        // still does not count.
+                        Held::Stray(_) => {
+                            self.push(peer, key, meta, throttle).await;
+                            false
+                        }
+                        Held::Kept(_) | Held::No => self.push(peer, key, meta, throttle).await,
                     };
                     if ok {
                         confirmed[base + n] += 1;
@@ -205,7 +234,6 @@ impl Node {
                 under += 1;
             }
             if keep_here {
-                self.strays.lock().expect("strays lock").remove(key);
                 continue;
             }
             if may_drop && c >= needed {

@@ -110,7 +110,8 @@ pub enum Request {
         key: Id,
         pull: bool,
     },
-    /// Which of these keys are held, and at which version (0 for chunks).
+    /// Which of these keys are held, at which version (0 for chunks), and whether this
+    /// node counts itself one of their holders (answered with [`Response::Held`]).
     HaveKeys {
         keys: Vec<Id>,
     },
@@ -146,6 +147,21 @@ pub enum Request {
     CollectGarbage,
 }
 
+/// What a node says of one key asked by [`Request::HaveKeys`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Held {
+    /// Not held here.
+    No,
+    /// Held at this version (0 for chunks), and kept: this node counts itself a holder.
+    Kept(u64),
+    /// Held at this version, but this node's last repair pass found the key outside its
+    /// range: it is handing it off and may drop it. Such a copy must not be counted as
+    /// one of the R, or two groups of nodes that each take the other for the holders
+    /// (views of a ring healing from a partition) could each drop theirs on the strength
+    /// of the other's (found by the simulation, CHORDFS_SIM_SEED=24845).
+    Stray(u64),
+}
+
 /// What a node answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
@@ -178,7 +194,8 @@ pub enum Response {
         current: u64,
     },
     NotFound,
-    Versions(Vec<Option<u64>>),
+    /// One answer per key asked by HaveKeys, in order.
+    Held(Vec<Held>),
     Stats(NodeStats),
     /// A page of held keys: (key, size in bytes, version; 0 for chunks).
     Keys(Vec<KeyInfo>),
@@ -231,6 +248,9 @@ pub struct NodeState {
     /// (a node joining through it learns them: see `Node::join`).
     #[serde(default)]
     pub lost: Vec<Peer>,
+    /// Peers this node met lately in successor lists (a joining node learns them too).
+    #[serde(default)]
+    pub seen: Vec<Peer>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -101,7 +101,7 @@ fn describe(resp: &Response) -> String {
     match resp {
         Response::Chunk(b) => format!("Chunk ({} bytes)", b.len()),
         Response::Record { version, .. } => format!("Record v{version}"),
-        Response::Versions(v) => format!("Versions {v:?}"),
+        Response::Held(v) => format!("Held {v:?}"),
         Response::Found { successors, .. } => format!(
             "Found {:?}",
             successors.iter().map(|p| &p.addr).collect::<Vec<_>>()
