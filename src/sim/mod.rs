@@ -882,4 +882,68 @@ mod tests {
             cl.stop_all();
         });
     }
+
+    /// A copy outside its key's range is dropped only when the rightful holders keep
+    /// theirs; holders that are themselves handing the key off (each took the other
+    /// group for the holders, as views of a healing ring can) do not count. Without
+    /// this both groups dropped on the strength of each other (simulation seed 24845).
+    #[test]
+    fn a_copy_is_not_dropped_on_the_strength_of_stray_ones() {
+        in_simulated_time(async {
+            let (mut cl, net) = settled_ring(21, 5).await;
+            let client = Client::with_transport(
+                workload::client_config(&cl.nodes[0].addr),
+                net.endpoint("client"),
+            )
+            .await
+            .expect("client");
+            let data = Bytes::from_static(b"held by three, then by a fourth");
+            let key = client.put_chunk(data.clone()).await.expect("put");
+            let holding = |i: usize| cl.nodes[i].store.meta(&key).is_some();
+            let holders: Vec<usize> = (0..cl.nodes.len()).filter(|&i| holding(i)).collect();
+            assert_eq!(holders.len(), REPLICAS, "the chunk is on its holders");
+            let outsider = (0..cl.nodes.len())
+                .find(|i| !holders.contains(i))
+                .expect("a node that is not a holder");
+            let node = |i: usize| cl.nodes[i].node.clone().expect("live");
+            cl.nodes[outsider]
+                .store
+                .put_chunk(key, data.clone())
+                .await
+                .expect("a stray copy");
+            let mark = |stray: bool| {
+                for &h in &holders {
+                    let n = node(h);
+                    let mut strays = n.strays.lock().expect("strays lock");
+                    if stray {
+                        strays.insert(key, tokio::time::Instant::now());
+                    } else {
+                        strays.remove(&key);
+                    }
+                }
+            };
+            mark(true);
+            node(outsider)
+                .repair_pass(false)
+                .await
+                .expect("repair pass");
+            assert!(
+                holding(outsider),
+                "the outsider dropped its copy although every holder was handing it off"
+            );
+            mark(false);
+            node(outsider)
+                .repair_pass(false)
+                .await
+                .expect("repair pass");
+            assert!(
+                !holding(outsider),
+                "the outsider keeps its copy once the holders keep theirs"
+            );
+            for h in holders {
+                assert!(holding(h), "holder {h} kept the chunk");
+            }
+            cl.stop_all();
+        });
+    }
 }
