@@ -268,14 +268,13 @@ async fn run(cmd: Cmd) -> Result<()> {
             } else {
                 // Write beside the target and rename, so a failed get leaves no partial file.
                 let tmp = local_file.with_extension("chordfs-partial");
-                let file = tokio::fs::File::create(&tmp)
-                    .await
+                let file = std::fs::File::create(&tmp)
                     .with_context(|| format!("cannot create {}", tmp.display()))?;
-                let mut w = tokio::io::BufWriter::with_capacity(1 << 20, file);
-                let res = client.download(&f.inode, &mut w, &|n| bar.inc(n)).await;
+                let res = client
+                    .download_to_file(&f.inode, file, &|n| bar.inc(n))
+                    .await;
                 match res {
                     Ok(n) => {
-                        w.into_inner().sync_all().await?;
                         tokio::fs::rename(&tmp, &local_file).await?;
                         n
                     }

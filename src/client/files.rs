@@ -9,7 +9,7 @@ use super::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::proto::{Inode, Kind, Timespec};
 use bytes::Bytes;
-use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -148,37 +148,85 @@ impl Client {
         Ok(out)
     }
 
-    /// Streams a whole file to `writer`, `parallel_chunks` chunks ahead, each fetched
-    /// (and its hash checked) by a task of its own while earlier ones are written out.
+    /// The blocks of a whole file in order, `parallel_chunks` chunks ahead, each fetched
+    /// (and its hash checked) by a task of its own while earlier ones are consumed.
+    fn blocks(
+        self: &Arc<Self>,
+        inode: &Inode,
+    ) -> impl futures::Stream<Item = Result<Bytes>> + Send + 'static {
+        let cb = inode.chunk_bytes.max(1) as u64;
+        let count = inode.size.div_ceil(cb) as usize;
+        let parallel = self.cfg.parallel_chunks.max(1);
+        let (client, inode) = (self.clone(), Arc::new(inode.clone()));
+        futures::stream::iter(0..count)
+            .map(move |i| {
+                let (client, inode) = (client.clone(), inode.clone());
+                AbortOnDropHandle::new(tokio::spawn(
+                    async move { client.read_block(&inode, i).await },
+                ))
+            })
+            .buffered(parallel)
+            .map(|r| joined(r)?)
+    }
+
+    /// Streams a whole file to `writer` (see [`Client::blocks`]).
     pub async fn download<W: AsyncWrite + Unpin>(
         self: &Arc<Self>,
         inode: &Inode,
         writer: &mut W,
         progress: Progress<'_>,
     ) -> Result<u64> {
-        let cb = inode.chunk_bytes.max(1) as u64;
-        let count = inode.size.div_ceil(cb) as usize;
-        let parallel = self.cfg.parallel_chunks.max(1);
-        let inode = Arc::new(inode.clone());
-        let mut pending = FuturesOrdered::new();
-        let mut next = 0usize;
+        let mut blocks = std::pin::pin!(self.blocks(inode));
         let mut written = 0u64;
-        while next < count || !pending.is_empty() {
-            while next < count && pending.len() < parallel {
-                let (client, inode, i) = (self.clone(), inode.clone(), next);
-                pending.push_back(AbortOnDropHandle::new(tokio::spawn(async move {
-                    client.read_block(&inode, i).await
-                })));
-                next += 1;
-            }
-            if let Some(block) = pending.next().await {
-                let block = joined(block)??;
-                writer.write_all(&block).await?;
-                written += block.len() as u64;
-                progress(block.len() as u64);
-            }
+        while let Some(block) = blocks.next().await {
+            let block = block?;
+            writer.write_all(&block).await?;
+            written += block.len() as u64;
+            progress(block.len() as u64);
         }
         writer.flush().await?;
+        Ok(written)
+    }
+
+    /// Streams a whole file into `file` and makes it durable (fsync) before returning.
+    ///
+    /// The blocks go to a writer thread of their own, straight from the received frames
+    /// (no copy through async buffers), and the kernel is asked to start writing them
+    /// back as they come ([`WRITEBACK_STEP_BYTES`]): left alone it starts only when a
+    /// tenth of memory is dirty, so the final fsync used to write the whole file after
+    /// the download instead of alongside it.
+    pub async fn download_to_file(
+        self: &Arc<Self>,
+        inode: &Inode,
+        file: std::fs::File,
+        progress: Progress<'_>,
+    ) -> Result<u64> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(WRITER_QUEUE_BLOCKS);
+        let writer = tokio::task::spawn_blocking(move || write_blocks(file, rx));
+        let mut blocks = std::pin::pin!(self.blocks(inode));
+        let mut written = 0u64;
+        let mut failed = None;
+        while let Some(block) = blocks.next().await {
+            let block = match block {
+                Ok(b) => b,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let len = block.len() as u64;
+            if tx.send(block).await.is_err() {
+                break; // The writer failed: its error is the answer.
+            }
+            written += len;
+            progress(len);
+        }
+        drop(tx);
+        let wrote = joined(writer.await)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        wrote?;
         Ok(written)
     }
 
@@ -250,6 +298,46 @@ impl Client {
             return Err(ClientError::IsDir(path.to_string()));
         }
         self.download(&f.inode, writer, progress).await
+    }
+}
+
+/// Blocks queued for the writer thread of [`Client::download_to_file`].
+const WRITER_QUEUE_BLOCKS: usize = 8;
+/// Written bytes after which the writer asks the kernel to start writing them back.
+const WRITEBACK_STEP_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The writer thread of [`Client::download_to_file`]: writes each block, starts the
+/// write-back of every [`WRITEBACK_STEP_BYTES`] written, and fsyncs at the end.
+fn write_blocks(
+    mut file: std::fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let (mut done, mut flushed) = (0u64, 0u64);
+    while let Some(block) = rx.blocking_recv() {
+        file.write_all(&block)?;
+        done += block.len() as u64;
+        if done - flushed >= WRITEBACK_STEP_BYTES {
+            start_writeback(&file, flushed, done - flushed);
+            flushed = done;
+        }
+    }
+    file.sync_all()
+}
+
+/// Asks the kernel to start writing back a range of `file` now, without waiting for it
+/// (only a hint: the fsync that follows is what makes the data durable).
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    #[allow(unsafe_code)]
+    // SAFETY: sync_file_range reads no memory of ours; the descriptor is open for the call.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
