@@ -10,7 +10,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 size_mib=${1:-1024}
-work=$(mktemp -d "${CHORDFS_BENCH_DIR:-$here/target}/bench.XXXXXX")
+# The physical path: /proc/mounts names the mount by it (target/ may be a symlink).
+work=$(cd "$(mktemp -d "${CHORDFS_BENCH_DIR:-$here/target}/bench.XXXXXX")" && pwd -P)
 bin=$here/target/release/chordfs
 pids=()
 mnt=$work/mnt

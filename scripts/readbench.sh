@@ -7,7 +7,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 size_mib=${1:-512}; rounds=${2:-3}; bin=${3:-$here/target/release/chordfs}
-work=$(mktemp -d "${CHORDFS_BENCH_DIR:-$here/target}/readbench.XXXXXX")
+# The physical path: /proc/mounts names the mount by it (target/ may be a symlink).
+work=$(cd "$(mktemp -d "${CHORDFS_BENCH_DIR:-$here/target}/readbench.XXXXXX")" && pwd -P)
 pids=(); mnt=$work/mnt
 cleanup() {
   set +e
