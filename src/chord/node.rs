@@ -464,7 +464,7 @@ impl Node {
                 if current != expect {
                     // Behind or ahead of the client: either way it reads again (a read
                     // through the primary catches the primary up from its replicas first).
-                    return Err(Response::Conflict { current });
+                    return Err(Box::new(Response::Conflict { current }));
                 }
                 Ok((record, ()))
             })
@@ -501,7 +501,7 @@ impl Node {
         let written = self
             .write_as_primary(key, |_, previous| {
                 edit.apply(previous.map(|(_, r)| r))
-                    .map_err(Response::EditRefused)
+                    .map_err(|why| Box::new(Response::EditRefused(why)))
             })
             .await;
         match written {
@@ -512,13 +512,13 @@ impl Node {
 
     /// A record write at its primary: under the key's lock, `decide` sees the version
     /// held (0: none) and the record, and returns the next version's body (or the
-    /// answer to give instead); the body goes to this node and its replicas at once and
-    /// is acknowledged when min(R, live) copies are durable. Returns the version
-    /// written, the copies made and what `decide` returned with the body.
+    /// answer to give instead, boxed); the body goes to this node and its replicas at
+    /// once and is acknowledged when min(R, live) copies are durable. Returns the
+    /// version written, the copies made and what `decide` returned with the body.
     async fn write_as_primary<T>(
         &self,
         key: Id,
-        decide: impl FnOnce(u64, Option<&(u64, Record)>) -> Result<(Record, T), Response>,
+        decide: impl FnOnce(u64, Option<&(u64, Record)>) -> Result<(Record, T), Box<Response>>,
     ) -> Result<(u64, u32, T), Response> {
         self.counters.record_puts.fetch_add(1, Ordering::Relaxed);
         if !self.is_primary(&key) {
@@ -549,7 +549,7 @@ impl Node {
             Ok(p) => p,
             Err(e) => return Err(store_error(e)),
         };
-        let (record, out) = decide(current, held.as_deref())?;
+        let (record, out) = decide(current, held.as_deref()).map_err(|answer| *answer)?;
         let previous = || held.as_deref().cloned();
         let version = current + 1;
         let new = Arc::new((version, record));
