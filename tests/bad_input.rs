@@ -224,6 +224,22 @@ async fn broken_frames_get_an_error_or_a_closed_connection_and_nothing_else() {
     };
     send(&mut s, &frame(&codec::encode(82, &req).unwrap())).await;
     assert_error(&read_response(&mut s).await, 82, ErrorKind::BadRequest);
+    // A directory edit of a name no directory may hold: refused before it is applied.
+    for (id, name) in [(83, "x".repeat(256)), (84, "a/b".into()), (85, "..".into())] {
+        let req = Request::EditRecord {
+            key: chordfs::proto::record::root_id(),
+            edit: chordfs::proto::Edit::Link {
+                name,
+                entry: chordfs::proto::DirEntry {
+                    id: bogus,
+                    kind: chordfs::proto::Kind::File,
+                },
+                time: chordfs::proto::Timespec::now(),
+            },
+        };
+        send(&mut s, &frame(&codec::encode(id, &req).unwrap())).await;
+        assert_error(&read_response(&mut s).await, id, ErrorKind::BadRequest);
+    }
     drop(s);
     assert!(
         !c.all_keys().await.contains(&bogus),

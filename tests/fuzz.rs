@@ -16,8 +16,8 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use chordfs::id::Id;
 use chordfs::proto::{
-    codec, DirEntry, Envelope, ErrorKind, GcReport, Held, Inode, KeyInfo, Kind, NodeState,
-    NodeStats, Peer, Record, Request, Response, Timespec, Value, FRAME_MAX_BYTES,
+    codec, DirEntry, Edit, EditRefusal, Envelope, ErrorKind, GcReport, Held, Inode, KeyInfo, Kind,
+    NodeState, NodeStats, Peer, Record, Request, Response, Timespec, Value, FRAME_MAX_BYTES,
 };
 use chordfs::store::{decode_record_file, encode_record_file, Store};
 use proptest::prelude::*;
@@ -208,6 +208,39 @@ fn error_kind() -> impl Strategy<Value = ErrorKind> {
     ]
 }
 
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (any::<String>(), id(), kind(), timespec()).prop_map(|(name, id, kind, time)| {
+            Edit::Link {
+                name,
+                entry: DirEntry { id, kind },
+                time,
+            }
+        }),
+        (
+            any::<String>(),
+            any::<bool>(),
+            proptest::option::of(id()),
+            timespec()
+        )
+            .prop_map(|(name, dir, id, time)| Edit::Unlink {
+                name,
+                dir,
+                id,
+                time
+            }),
+    ]
+}
+
+fn edit_refusal() -> impl Strategy<Value = EditRefusal> {
+    prop_oneof![
+        Just(EditRefusal::Exists),
+        Just(EditRefusal::NotFound),
+        Just(EditRefusal::NotDir),
+        Just(EditRefusal::IsDir),
+    ]
+}
+
 /// Every `Request` variant (the match below fails to compile when one is added, so
 /// this list stays whole).
 fn request() -> impl Strategy<Value = Request> {
@@ -237,6 +270,8 @@ fn request() -> impl Strategy<Value = Request> {
             expect,
             record
         }),
+        (id(), edit()).prop_map(|(key, edit)| Request::EditRecord { key, edit }),
+        (id(), any::<String>()).prop_map(|(key, name)| Request::LookupName { key, name }),
         (id(), any::<u64>(), record(), any::<u64>()).prop_map(|(key, version, record, write)| {
             Request::PutRecordCopy {
                 key,
@@ -304,9 +339,11 @@ fn request_variant(r: &Request) -> usize {
         Request::DropChunks { .. } => 16,
         Request::CollectGarbage => 17,
         Request::RevertRecordCopy { .. } => 18,
+        Request::EditRecord { .. } => 19,
+        Request::LookupName { .. } => 20,
     }
 }
-const REQUEST_VARIANTS: usize = 19;
+const REQUEST_VARIANTS: usize = 21;
 
 fn node_stats() -> impl Strategy<Value = NodeStats> {
     any::<[u64; 5]>().prop_map(
@@ -367,6 +404,17 @@ fn response() -> impl Strategy<Value = Response> {
         small_bytes().prop_map(Response::Chunk),
         (any::<u64>(), record()).prop_map(|(version, record)| Response::Record { version, record }),
         any::<u64>().prop_map(|current| Response::Conflict { current }),
+        (
+            any::<u64>(),
+            proptest::option::of((id(), kind()).prop_map(|(id, kind)| DirEntry { id, kind }))
+        )
+            .prop_map(|(version, removed)| Response::Edited { version, removed }),
+        edit_refusal().prop_map(Response::EditRefused),
+        (
+            any::<u64>(),
+            proptest::option::of((id(), kind()).prop_map(|(id, kind)| DirEntry { id, kind }))
+        )
+            .prop_map(|(version, entry)| Response::Entry { version, entry }),
         Just(Response::NotFound),
         prop::collection::vec(held(), 0..32).prop_map(Response::Held),
         node_stats().prop_map(Response::Stats),
@@ -409,9 +457,12 @@ fn response_variant(r: &Response) -> usize {
         Response::ChunkRefs { .. } => 14,
         Response::Dropped { .. } => 15,
         Response::Collected(_) => 16,
+        Response::Edited { .. } => 17,
+        Response::EditRefused(_) => 18,
+        Response::Entry { .. } => 19,
     }
 }
-const RESPONSE_VARIANTS: usize = 17;
+const RESPONSE_VARIANTS: usize = 20;
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![

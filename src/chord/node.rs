@@ -430,7 +430,7 @@ impl Node {
     /// taken back everywhere, next to an acknowledged one) go to the body more of them
     /// hold: an acknowledged write reached R nodes, a failed one fewer.
     async fn pull_record(&self, key: Id) -> Option<(u64, Record)> {
-        let local = self.store.get_record(key).await.ok().flatten();
+        let local = self.store.get_record_cached(key).await.ok().flatten();
         let targets = self.replica_targets();
         let want = self.cfg.replicas.saturating_sub(1).min(targets.len());
         let calls = targets[..want]
@@ -461,12 +461,73 @@ impl Node {
     }
 
     async fn cas_record(&self, key: Id, expect: u64, record: Record) -> Response {
+        let written = self
+            .write_as_primary(key, |current, _| {
+                if current != expect {
+                    // Behind or ahead of the client: either way it reads again (a read
+                    // through the primary catches the primary up from its replicas first).
+                    return Err(Box::new(Response::Conflict { current }));
+                }
+                Ok((record, ()))
+            })
+            .await;
+        match written {
+            Ok((_, copies, ())) => Response::Stored { copies },
+            Err(answer) => answer,
+        }
+    }
+
+    /// One name of a directory as held here (see `Request::LookupName`).
+    async fn lookup_name(&self, key: Id, name: &str) -> Response {
+        let held = match self.store.recent_record(&key) {
+            Some(r) => r,
+            None => match self.store.get_record(key).await {
+                Ok(Some(r)) => Arc::new(r),
+                Ok(None) => return Response::NotFound,
+                Err(e) => return store_error(e),
+            },
+        };
+        match &held.1 {
+            Record::Inode(dir) if dir.kind == crate::proto::Kind::Dir => Response::Entry {
+                version: held.0,
+                entry: dir.entries.get(name).copied(),
+            },
+            Record::Inode(_) => Response::EditRefused(crate::proto::EditRefusal::NotDir),
+            Record::Deleted => Response::NotFound,
+        }
+    }
+
+    /// Applies a directory edit to the version held here, as a compare-and-set made by
+    /// the primary itself (see [`crate::proto::Edit`]).
+    async fn edit_record(&self, key: Id, edit: crate::proto::Edit) -> Response {
+        let written = self
+            .write_as_primary(key, |_, previous| {
+                edit.apply(previous.map(|(_, r)| r))
+                    .map_err(|why| Box::new(Response::EditRefused(why)))
+            })
+            .await;
+        match written {
+            Ok((version, _, removed)) => Response::Edited { version, removed },
+            Err(answer) => answer,
+        }
+    }
+
+    /// A record write at its primary: under the key's lock, `decide` sees the version
+    /// held (0: none) and the record, and returns the next version's body (or the
+    /// answer to give instead, boxed); the body goes to this node and its replicas at
+    /// once and is acknowledged when min(R, live) copies are durable. Returns the
+    /// version written, the copies made and what `decide` returned with the body.
+    async fn write_as_primary<T>(
+        &self,
+        key: Id,
+        decide: impl FnOnce(u64, Option<&(u64, Record)>) -> Result<(Record, T), Box<Response>>,
+    ) -> Result<(u64, u32, T), Response> {
         self.counters.record_puts.fetch_add(1, Ordering::Relaxed);
         if !self.is_primary(&key) {
-            return Response::error(
+            return Err(Response::error(
                 ErrorKind::WrongNode,
                 format!("{} is not the primary of {key}", self.me.addr),
-            );
+            ));
         }
         // Refuse before writing anything when R copies are out of reach (this node is
         // cut off from its ring): a write that fails after its local step stays behind
@@ -476,25 +537,24 @@ impl Node {
         let required = self.required_copies();
         let reachable = 1 + self.replica_targets().len();
         if reachable < required {
-            return Response::error(
+            return Err(Response::error(
                 ErrorKind::Unavailable,
                 format!("only {reachable} of {required} copies reachable"),
-            );
+            ));
         }
-        let version = expect + 1;
         // The stripe stays locked until the replicas have answered: no other write to
         // this record can send them a different body under the same version.
         let _guard = self.store.lock_record(&key).await;
         let current = self.store.record_version(&key);
-        if current != expect {
-            // Behind or ahead of the client: either way it reads again (a read through
-            // the primary catches the primary up from its replicas first).
-            return Response::Conflict { current };
-        }
-        let previous = match self.store.get_record(key).await {
+        // Shared, not copied: it is only needed again if the write is taken back.
+        let held = match self.store.get_record_shared(key).await {
             Ok(p) => p,
-            Err(e) => return store_error(e),
+            Err(e) => return Err(store_error(e)),
         };
+        let (record, out) = decide(current, held.as_deref()).map_err(|answer| *answer)?;
+        let previous = || held.as_deref().cloned();
+        let version = current + 1;
+        let new = Arc::new((version, record));
         let required = self.required_copies();
         let write = rand::random::<u64>() | 1;
         // One round: the local copy, the replicas' copies and the check that this node
@@ -505,22 +565,22 @@ impl Node {
         // that is behind its replicas (back from a restart, or new to the range) learns
         // it; it used to catch up before every write, a round of its own.
         let (local, sent, doubt) = tokio::join!(
-            self.store.write_record(key, version, record.clone()),
+            self.store.write_record_shared(key, new.clone()),
             self.replicate_to(required - 1, || Request::PutRecordCopy {
                 key,
                 version,
-                record: record.clone(),
+                record: new.1.clone(),
                 write,
             }),
             self.primacy_doubt(&key)
         );
         if let Some(why) = doubt {
-            self.revert_record(key, version, write, previous, local.is_ok(), sent)
+            self.revert_record(key, version, write, previous(), local.is_ok(), sent)
                 .await;
-            return Response::error(
+            return Err(Response::error(
                 ErrorKind::WrongNode,
                 format!("{} is not the primary of {key} now: {why}", self.me.addr),
-            );
+            ));
         }
         let copies = usize::from(local.is_ok()) + sent.acked.len();
         if let Some((current, holder)) = sent.newer.clone() {
@@ -528,7 +588,7 @@ impl Node {
             // primary back from a restart whose successor list still misses the node
             // that served its range meanwhile; CHORDFS_SIM_SEED=464). Take the write
             // back, learn the newer record, and let the client read again.
-            self.revert_record(key, version, write, previous, local.is_ok(), sent)
+            self.revert_record(key, version, write, previous(), local.is_ok(), sent)
                 .await;
             if let Ok(Response::Record {
                 version: v,
@@ -539,13 +599,13 @@ impl Node {
             {
                 if v > self.store.record_version(&key) {
                     if let Err(e) = self.store.write_record(key, v, r).await {
-                        return store_error(e);
+                        return Err(store_error(e));
                     }
                 }
             }
-            return Response::Conflict {
+            return Err(Response::Conflict {
                 current: current.max(self.store.record_version(&key)),
-            };
+            });
         }
         if copies < required {
             // Not acknowledged: take the write back everywhere it may have landed.
@@ -553,20 +613,18 @@ impl Node {
             // same number made elsewhere (the other side of a partition) and win, as
             // the holder's own copy, over it (found by tests/netns.rs: a directory entry
             // acknowledged by the majority vanished after the heal).
-            self.revert_record(key, version, write, previous, local.is_ok(), sent)
+            self.revert_record(key, version, write, previous(), local.is_ok(), sent)
                 .await;
-            return match local {
+            return Err(match local {
                 Err(e) => store_error(e),
                 Ok(()) => Response::error(
                     ErrorKind::Unavailable,
                     format!("only {copies} of {required} copies durable"),
                 ),
-            };
+            });
         }
         self.note_short_write(&key, copies);
-        Response::Stored {
-            copies: copies as u32,
-        }
+        Ok((version, copies as u32, out))
     }
 
     /// Undoes a record write that did not reach enough copies, with the record's lock
@@ -902,6 +960,8 @@ impl Node {
                 expect,
                 record,
             } => self.cas_record(key, expect, record).await,
+            Request::EditRecord { key, edit } => self.edit_record(key, edit).await,
+            Request::LookupName { key, name } => self.lookup_name(key, &name).await,
             Request::PutRecordCopy {
                 key,
                 version,
@@ -912,11 +972,16 @@ impl Node {
                 let current = self.store.record_version(&key);
                 let stored = if version > current {
                     self.store
-                        .write_record(key, version, record.clone())
+                        .write_record(key, version, record)
                         .await
-                        .map(|()| (version, true))
+                        .map(|()| CopyFate::Stored)
                 } else {
-                    Ok((current, false))
+                    match self.store.get_record_shared(key).await {
+                        Ok(Some(held)) if held.0 == version && held.1 == record => {
+                            Ok(CopyFate::Held)
+                        }
+                        _ => Ok(CopyFate::Other(current)),
+                    }
                 };
                 // The copy held now belongs to this write (a retry that meets its
                 // earlier attempt's copy adopts it), or to none (repair).
@@ -928,23 +993,17 @@ impl Node {
                     }
                 };
                 match stored {
-                    Ok((_, true)) => {
+                    Ok(CopyFate::Stored) | Ok(CopyFate::Held) => {
                         adopt();
                         Response::Ok
                     }
-                    // Held already: fine if it is this very write (a repeat, or repair).
-                    // Otherwise another write took this version or a later one, and
-                    // this is no copy of it: say so, so the primary does not count it
-                    // towards an acknowledgement (found by the simulation: a restarted
-                    // primary with a stale version had its CAS "replicated" to replicas
-                    // holding another write of that version; CHORDFS_SIM_SEED=100).
-                    Ok((current, false)) => match self.store.get_record(key).await {
-                        Ok(Some((v, r))) if v == version && r == record => {
-                            adopt();
-                            Response::Ok
-                        }
-                        _ => Response::Conflict { current },
-                    },
+                    // Held already (`Held`): fine if it is this very write (a repeat,
+                    // or repair). Otherwise another write took this version or a later
+                    // one, and this is no copy of it: say so, so the primary does not
+                    // count it towards an acknowledgement (found by the simulation: a
+                    // restarted primary with a stale version had its CAS "replicated" to
+                    // replicas holding another write of that version; CHORDFS_SIM_SEED=100).
+                    Ok(CopyFate::Other(current)) => Response::Conflict { current },
                     Err(e) => store_error(e),
                 }
             }
@@ -965,7 +1024,7 @@ impl Node {
                 let rec = if pull {
                     self.pull_record(key).await
                 } else {
-                    match self.store.get_record(key).await {
+                    match self.store.get_record_cached(key).await {
                         Ok(r) => r,
                         Err(e) => return store_error(e),
                     }
@@ -1053,6 +1112,7 @@ fn refused_while_leaving(req: &Request) -> bool {
             | Request::PutRecordCopy { .. }
             | Request::RevertRecordCopy { .. }
             | Request::CasRecord { .. }
+            | Request::EditRecord { .. }
             | Request::DropChunks { .. }
             | Request::CollectGarbage
     )
@@ -1074,6 +1134,16 @@ fn newest_copy(copies: &[(u64, Record)], local: Option<&(u64, Record)>) -> Optio
         }
     }
     best.map(|(c, _)| c.clone())
+}
+
+/// What a replica did with a record copy (see `PutRecordCopy`).
+enum CopyFate {
+    /// Newer than the copy held: stored.
+    Stored,
+    /// The very copy held already.
+    Held,
+    /// Another copy of that version, or a later version, is held (its version).
+    Other(u64),
 }
 
 /// Where a replicated write landed: see [`Node::replicate_to`].

@@ -9,11 +9,10 @@ use super::kv::Cas;
 use super::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::proto::record::root_id;
-use crate::proto::{DirEntry, Inode, Kind, Record, Timespec};
+use crate::proto::{DirEntry, Edit, EditRefusal, Inode, Kind, Record, Request, Response, Timespec};
 use std::time::Duration;
 
-/// Longest file name, as on most Linux filesystems.
-pub const NAME_MAX_BYTES: usize = 255;
+pub use crate::proto::record::NAME_MAX_BYTES;
 /// Compare-and-set attempts before an update gives up.
 const CAS_ATTEMPTS: u32 = 200;
 
@@ -201,6 +200,84 @@ impl Client {
         Err(ClientError::Contended(format!("inode {}", id.short())))
     }
 
+    /// Looks `name` up in directory `dir` as its primary holds it, without moving the
+    /// directory: the directory's version and the name's entry. None when the primary
+    /// did not answer so (the caller then reads the directory).
+    pub async fn peek_name(&self, dir: &Id, name: &str) -> Result<Option<(u64, Option<DirEntry>)>> {
+        let Some(primary) = self.view.get().successors_of(dir, 1).into_iter().next() else {
+            return Ok(None);
+        };
+        let req = Request::LookupName {
+            key: *dir,
+            name: name.to_string(),
+        };
+        match self
+            .net
+            .call(&primary.addr, req, self.cfg.rpc_timeout)
+            .await
+        {
+            Ok(Response::Entry { version, entry }) => Ok(Some((version, entry))),
+            Ok(Response::EditRefused(EditRefusal::NotDir)) => {
+                Err(ClientError::NotDir(format!("inode {}", dir.short())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Changes directory `key` at its primary (see [`Edit`]): the primary applies the
+    /// change to the version it holds, so the client sends neither a read nor the
+    /// directory. Retried like a compare-and-set: on a lost answer, on a primary that
+    /// is not (any more) the key's, and on a replica found ahead of the primary. Returns
+    /// the version written and the entry an unlink removed.
+    ///
+    /// A retry of an unlink whose first answer was lost finds the name gone and says
+    /// `NotFound`, as for a name someone else removed: its inode keeps one link too
+    /// many (an unreferenced inode, at worst), never one too few.
+    pub async fn edit_dir(&self, key: &Id, edit: Edit) -> Result<(u64, Option<DirEntry>)> {
+        let started = tokio::time::Instant::now();
+        let mut last = String::from("empty ring view");
+        for attempt in 0..CAS_ATTEMPTS {
+            let view = self.view.get();
+            if let Some(primary) = view.successors_of(key, 1).first() {
+                let req = Request::EditRecord {
+                    key: *key,
+                    edit: edit.clone(),
+                };
+                match self
+                    .net
+                    .call(&primary.addr, req, self.cfg.rpc_timeout)
+                    .await
+                {
+                    Ok(Response::Edited { version, removed }) => return Ok((version, removed)),
+                    Ok(Response::EditRefused(why)) => return Err(refusal(why, edit.name())),
+                    Ok(Response::Conflict { current }) => {
+                        // The primary was behind a replica and has caught up: again.
+                        tracing::debug!(key = %key.short(), current, "edit met a newer replica");
+                        contention_pause(attempt).await;
+                        continue;
+                    }
+                    Ok(other) => last = format!("{} answered {other:?}", primary.addr),
+                    Err(e) => {
+                        if e.is_unreachable() {
+                            self.view.forget(&primary.id);
+                        }
+                        last = e.to_string();
+                    }
+                }
+            }
+            if started.elapsed() >= self.cfg.op_timeout {
+                break;
+            }
+            let ms = (20u64 << attempt.min(6)).min(500);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let _ = self.refresh_view().await;
+        }
+        Err(ClientError::Unavailable {
+            what: format!("directory {}", key.short()),
+            last,
+        })
+    }
+
     /// Resolves a path to its inode.
     pub async fn resolve(&self, path: &str) -> Result<InodeRef> {
         let parts = split_path(path)?;
@@ -291,20 +368,20 @@ impl Client {
             .map(|(child, _)| child)
     }
 
-    /// [`Client::create_child`], also returning the parent directory as written, so a
-    /// caller that caches directories need not read it again.
+    /// [`Client::create_child`], also returning the parent directory as written when
+    /// `known_parent` was the version before (so a caller that caches directories need
+    /// not read it again). The name goes in as an edit at the directory's primary.
     pub async fn create_child_in(
         &self,
         parent: &Id,
         name: &str,
         mut inode: Inode,
         known_parent: Option<InodeRef>,
-    ) -> Result<(InodeRef, InodeRef)> {
+    ) -> Result<(InodeRef, Option<InodeRef>)> {
         check_name(name)?;
         let id = Id::random();
         inode.parent = *parent;
         let kind = inode.kind;
-        let now = Timespec::now();
         let write_inode = async {
             match self
                 .cas_record(&id, 0, Record::Inode(Box::new(inode.clone())))
@@ -314,15 +391,18 @@ impl Client {
                 Cas::Conflict(_) => Err(ClientError::Exists(format!("inode {}", id.short()))),
             }
         };
-        let link = self.update_inode_from(known_parent, parent, |dir| {
-            link_new_entry(dir, name, id, kind)?;
-            dir.mtime = now;
-            dir.ctime = now;
-            Ok(())
-        });
+        let edit = Edit::Link {
+            name: name.to_string(),
+            entry: DirEntry { id, kind },
+            time: Timespec::now(),
+        };
+        let link = self.edit_dir(parent, edit.clone());
         let (written, linked) = tokio::join!(write_inode, link);
         match (written, linked) {
-            (Ok(version), Ok((_, dir))) => Ok((InodeRef { id, version, inode }, dir)),
+            (Ok(version), Ok((dir_version, _))) => {
+                let dir = edited(known_parent.as_ref(), &edit, dir_version);
+                Ok((InodeRef { id, version, inode }, dir))
+            }
             (written, Err(e)) => {
                 if written.is_ok() {
                     let _ = self.delete_inode(&id).await;
@@ -331,16 +411,23 @@ impl Client {
             }
             (Err(e), Ok(_)) => {
                 // The name went in but its inode did not: take the name out again.
-                let _ = self
-                    .update_inode(parent, |dir| {
-                        if dir.entries.get(name).is_some_and(|e| e.id == id) {
-                            dir.entries.remove(name);
-                        }
-                        Ok(())
-                    })
-                    .await;
+                let _ = self.unlink_entry(parent, name, id).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Takes `parent/name` out if it still names inode `id` (a create undone).
+    pub async fn unlink_entry(&self, parent: &Id, name: &str, id: Id) -> Result<()> {
+        let edit = Edit::Unlink {
+            name: name.to_string(),
+            dir: false,
+            id: Some(id),
+            time: Timespec::now(),
+        };
+        match self.edit_dir(parent, edit).await {
+            Ok(_) | Err(ClientError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -385,14 +472,14 @@ impl Client {
         Ok(target)
     }
 
-    /// Removes the name `parent/name`. `want_dir` says what the caller expects (rmdir:
-    /// an empty directory; unlink: anything else). Returns the inode id, its link count
+    /// Removes the name `parent/name`. `want_dir` says what the caller expects (rmdir: an
+    /// empty directory; unlink: anything else). Returns the inode id, its link count
     /// after the removal, and whether the inode was deleted. A directory's inode is
     /// deleted here; a file's when its last link goes and `may_delete(id)` agrees (the
     /// mount says no while a handle is open, and deletes it at the last close). Two
-    /// ordered steps for a file, each one read and one write: the directory (read once,
-    /// its name checked and removed in that version), then the inode's link count,
-    /// written straight as a deletion when it drops to 0.
+    /// ordered steps for a file: the name comes out by an edit at the directory's
+    /// primary (which checks its kind and answers the entry removed), then the inode's
+    /// link count goes down, written straight as a deletion when it drops to 0.
     pub async fn unlink_child(
         &self,
         parent: &Id,
@@ -400,48 +487,61 @@ impl Client {
         want_dir: bool,
         may_delete: impl Fn(&Id) -> bool,
     ) -> Result<(Id, u32, bool)> {
+        self.unlink_child_in(parent, name, want_dir, may_delete, None)
+            .await
+            .map(|(out, _)| out)
+    }
+
+    /// [`Client::unlink_child`], also returning the parent directory as the removal
+    /// wrote it when `known_parent` was the version before (for a caller's cache).
+    pub async fn unlink_child_in(
+        &self,
+        parent: &Id,
+        name: &str,
+        want_dir: bool,
+        may_delete: impl Fn(&Id) -> bool,
+        known_parent: Option<&InodeRef>,
+    ) -> Result<((Id, u32, bool), Option<InodeRef>)> {
         check_name(name)?;
-        let dir = self.get_inode(parent).await?;
-        if dir.inode.kind != Kind::Dir {
-            return Err(ClientError::NotDir(format!("inode {}", parent.short())));
-        }
-        let entry = dir
-            .inode
-            .entries
-            .get(name)
-            .copied()
-            .ok_or_else(|| ClientError::NotFound(name.to_string()))?;
-        if want_dir && entry.kind != Kind::Dir {
-            return Err(ClientError::NotDir(name.to_string()));
-        }
-        if !want_dir && entry.kind == Kind::Dir {
-            return Err(ClientError::IsDir(name.to_string()));
-        }
+        let mut only = None;
         if want_dir {
-            // A name whose inode is missing (its creator died mid-create) is empty.
+            // Empty first: read the name's directory (a name whose inode is missing,
+            // its creator having died mid-create, is empty), then remove that very one.
+            let dir = self.peek_inode(parent).await?;
+            if dir.inode.kind != Kind::Dir {
+                return Err(ClientError::NotDir(format!("inode {}", parent.short())));
+            }
+            let entry = dir
+                .inode
+                .entries
+                .get(name)
+                .copied()
+                .ok_or_else(|| ClientError::NotFound(name.to_string()))?;
+            if entry.kind != Kind::Dir {
+                return Err(ClientError::NotDir(name.to_string()));
+            }
             let child = self.get_inode_opt(&entry.id).await?;
             if child.is_some_and(|c| !c.inode.entries.is_empty()) {
                 return Err(ClientError::NotEmpty(name.to_string()));
             }
+            only = Some(entry.id);
         }
         let now = Timespec::now();
-        self.update_inode_from(Some(dir), parent, |dir| {
-            match dir.entries.get(name) {
-                Some(e) if e.id == entry.id => {}
-                _ => return Err(ClientError::NotFound(name.to_string())),
-            }
-            dir.entries.remove(name);
-            dir.mtime = now;
-            dir.ctime = now;
-            Ok(())
-        })
-        .await?;
+        let edit = Edit::Unlink {
+            name: name.to_string(),
+            dir: want_dir,
+            id: only,
+            time: now,
+        };
+        let (version, removed) = self.edit_dir(parent, edit.clone()).await?;
+        let entry = removed.ok_or_else(|| ClientError::NotFound(name.to_string()))?;
+        let dir = edited(known_parent, &edit, version);
         if want_dir {
             self.delete_inode(&entry.id).await?;
-            return Ok((entry.id, 0, true));
+            return Ok(((entry.id, 0, true), dir));
         }
         let (left, deleted) = self.drop_link(&entry.id, now, &may_delete).await?;
-        Ok((entry.id, left, deleted))
+        Ok(((entry.id, left, deleted), dir))
     }
 
     /// Takes one link off inode `id`; at 0 links, and when `may_delete(id)`, writes its
@@ -454,7 +554,14 @@ impl Client {
         may_delete: impl Fn(&Id) -> bool,
     ) -> Result<(u32, bool)> {
         for attempt in 0..CAS_ATTEMPTS {
-            let Some((version, record)) = self.get_record(id).await? else {
+            // The primary's copy first: the compare-and-set confirms its version, and a
+            // conflict reads again through the primary's catch-up.
+            let read = if attempt == 0 {
+                self.peek_record(id).await?
+            } else {
+                self.get_record(id).await?
+            };
+            let Some((version, record)) = read else {
                 return Ok((0, true));
             };
             let Record::Inode(mut ino) = record else {
@@ -619,22 +726,25 @@ fn check_entries(
     Ok(())
 }
 
-/// Enters a new inode `id` as `name` in directory `dir` (its times are the caller's).
-/// The name naming `id` already is our own link, written by an earlier attempt whose
-/// answer was lost (a timeout after the primary applied it): done, not a conflict;
-/// treating it as Exists would delete the inode the name points at. Any other holder of
-/// the name is `Exists`.
-pub fn link_new_entry(dir: &mut Inode, name: &str, id: Id, kind: Kind) -> Result<()> {
-    if dir.kind != Kind::Dir {
-        return Err(ClientError::NotDir(name.to_string()));
+/// The client error for a refused edit of `name`.
+fn refusal(why: EditRefusal, name: &str) -> ClientError {
+    let name = name.to_string();
+    match why {
+        EditRefusal::Exists => ClientError::Exists(name),
+        EditRefusal::NotFound => ClientError::NotFound(name),
+        EditRefusal::NotDir => ClientError::NotDir(name),
+        EditRefusal::IsDir => ClientError::IsDir(name),
     }
-    match dir.entries.get(name) {
-        Some(e) if e.id == id => {}
-        Some(_) => return Err(ClientError::Exists(name.to_string())),
-        None => {}
-    }
-    dir.entries.insert(name.to_string(), DirEntry { id, kind });
-    Ok(())
+}
+
+/// The directory as an edit written it, from a copy of the version before (the caller's
+/// cache): None when the copy is not that version.
+pub fn edited(known: Option<&InodeRef>, edit: &Edit, version: u64) -> Option<InodeRef> {
+    let known = known.filter(|k| k.version + 1 == version)?;
+    let (record, _) = edit
+        .apply(Some(&Record::Inode(Box::new(known.inode.clone()))))
+        .ok()?;
+    InodeRef::from_record(&known.id, version, record)
 }
 
 #[cfg(test)]

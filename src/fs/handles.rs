@@ -15,11 +15,11 @@
 //! once; other mounts see it after the close (close-to-open).
 
 use crate::client::kv::Cas;
-use crate::client::tree::{link_new_entry, InodeRef};
+use crate::client::tree::{edited, InodeRef};
 use crate::client::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::proto::record::INLINE_MAX_BYTES;
-use crate::proto::{Inode, Kind, Record, Timespec};
+use crate::proto::{DirEntry, Edit, Inode, Kind, Record, Timespec};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -801,15 +801,17 @@ impl FileState {
                 ))),
             }
         };
-        let known_parent = e.cached_dir(&p.parent).map(|d| (*d).clone());
-        let name = p.name.as_str();
-        let link = e.client.update_inode_from(known_parent, &p.parent, |dir| {
-            // A name already ours comes from an earlier try whose inode write failed.
-            link_new_entry(dir, name, id, Kind::File)?;
-            dir.mtime = dir.mtime.max(created);
-            dir.ctime = dir.ctime.max(created);
-            Ok(())
-        });
+        // A name already ours comes from an earlier try whose inode write failed: the
+        // edit writes it again rather than refusing it.
+        let edit = Edit::Link {
+            name: p.name.clone(),
+            entry: DirEntry {
+                id,
+                kind: Kind::File,
+            },
+            time: created,
+        };
+        let link = e.client.edit_dir(&p.parent, edit.clone());
         let (written, linked) = tokio::join!(write_inode, link);
         if let Ok(v) = written {
             // The next try (if any) writes over this version.
@@ -817,8 +819,13 @@ impl FileState {
             self.base_version = v;
         }
         match linked {
-            Ok((_, dir)) => {
-                e.cache_dir(dir);
+            Ok((dir_version, _)) => {
+                // The directory as written, from the cached version before it.
+                let known = e.cached_dir(&p.parent);
+                match edited(known.as_deref(), &edit, dir_version) {
+                    Some(dir) => e.cache_dir(dir),
+                    None => e.forget_dir(&p.parent),
+                }
                 let version = written?;
                 e.remove_pending(&id);
                 Ok(InodeRef { id, version, inode })

@@ -331,7 +331,10 @@ impl Fs {
             Ok((child, dir)) => {
                 // The directory as this create wrote it: the next create or lookup in
                 // it needs no read.
-                self.engine.cache_dir(dir);
+                match dir {
+                    Some(dir) => self.engine.cache_dir(dir),
+                    None => self.forget_dirs(&[pid]),
+                }
                 Ok(child)
             }
             Err(e) => {
@@ -402,17 +405,7 @@ impl Fs {
         let name = name_str(name)?;
         crate::client::tree::check_name(name).map_err(|e| log_errno("create", &e))?;
         let pid = self.id(parent)?;
-        // Fresh, not cached: the name must be free on the ring, not only here. The
-        // primary's copy is enough: the first commit's compare-and-set confirms it.
-        let dir = self.client().peek_inode(&pid).await;
-        let dir = dir.map_err(|e| log_errno("create", &e))?;
-        self.engine.cache_dir(dir.clone());
-        if dir.inode.kind != Kind::Dir {
-            return Err(Errno::ENOTDIR);
-        }
-        if dir.inode.entries.contains_key(name) {
-            return Err(Errno::EEXIST);
-        }
+        let dir = self.fresh_name(&pid, name).await?;
         let mut inode = self.new_inode(who, &dir.inode, pid, mode, 0, None)?;
         if inode.kind != Kind::File {
             return Err(Errno::EINVAL);
@@ -436,6 +429,37 @@ impl Fs {
         Ok((a, self.files.insert(f)))
     }
 
+    /// The directory `pid` for a create of `name`, once the name is found free on the
+    /// ring, not only here: the primary's copy is asked (the first commit's write
+    /// confirms it), for the one name when the directory is cached (its mode and group
+    /// are what the new file needs), or whole otherwise.
+    async fn fresh_name(&self, pid: &Id, name: &str) -> FsResult<Arc<InodeRef>> {
+        if let Some(dir) = self.engine.cached_dir(pid) {
+            let peeked = self.client().peek_name(pid, name).await;
+            match peeked.map_err(|e| log_errno("create", &e))? {
+                Some((_, Some(_))) => return Err(Errno::EEXIST),
+                Some((version, None)) => {
+                    if version != dir.version {
+                        // Changed elsewhere: later lookups read it again.
+                        self.engine.forget_dir(pid);
+                    }
+                    return Ok(dir);
+                }
+                None => {}
+            }
+        }
+        let dir = self.client().peek_inode(pid).await;
+        let dir = dir.map_err(|e| log_errno("create", &e))?;
+        self.engine.cache_dir(dir.clone());
+        if dir.inode.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if dir.inode.entries.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        Ok(Arc::new(dir))
+    }
+
     /// Removes a name; deletes the inode when no name and no open handle is left.
     pub async fn remove(&self, parent: INodeNo, name: &std::ffi::OsStr, dir: bool) -> FsResult<()> {
         let name = name_str(name)?;
@@ -447,13 +471,26 @@ impl Fs {
             self.settle_name(&pid, name).await?;
         }
         // A file open here is deleted at its last close instead.
-        let (id, left, deleted) = self
+        let known = self.engine.cached_dir(&pid);
+        let ((id, left, deleted), written) = self
             .client()
-            .unlink_child(&pid, name, dir, |id| !self.open.is_open(id))
+            .unlink_child_in(
+                &pid,
+                name,
+                dir,
+                |id| !self.open.is_open(id),
+                known.as_deref(),
+            )
             .await
             .inspect_err(|_| self.forget_dirs(&[pid]))
             .map_err(|e| log_errno("unlink", &e))?;
-        self.forget_dirs(&[pid, id]);
+        // The directory as the removal wrote it, when the cached copy was the version
+        // before: the next lookup in it needs no read.
+        match written {
+            Some(d) => self.engine.cache_dir(d),
+            None => self.forget_dirs(&[pid]),
+        }
+        self.forget_dirs(&[id]);
         if !deleted {
             self.maybe_delete(&id, left).await;
         }
@@ -624,15 +661,9 @@ impl Fs {
                 // Its close could not store it (and said so): nothing is left to try.
                 self.engine.remove_pending(&last.id);
                 self.forget_dirs(&[p.parent]);
-                let id = last.id;
                 let _ = self
                     .client()
-                    .update_inode(&p.parent, |dir| {
-                        if dir.entries.get(&p.name).is_some_and(|e| e.id == id) {
-                            dir.entries.remove(&p.name);
-                        }
-                        Ok(())
-                    })
+                    .unlink_entry(&p.parent, &p.name, last.id)
                     .await;
                 return;
             }

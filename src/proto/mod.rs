@@ -11,7 +11,7 @@ use crate::id::Id;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use record::{DirEntry, Inode, Kind, Record, Timespec};
+pub use record::{DirEntry, Edit, EditRefusal, Inode, Kind, Record, Timespec};
 
 /// Frames above this size are refused before any byte of them is buffered.
 pub const FRAME_MAX_BYTES: usize = 40 * 1024 * 1024;
@@ -82,6 +82,18 @@ pub enum Request {
         key: Id,
         expect: u64,
         record: Record,
+    },
+    /// Change a directory at the key's primary (see [`Edit`]): the primary applies the
+    /// change to the version it holds and writes it as a compare-and-set would.
+    EditRecord {
+        key: Id,
+        edit: Edit,
+    },
+    /// One name in a directory, as this node holds the directory: a create's check
+    /// that a name is free, without moving the directory (a later write confirms it).
+    LookupName {
+        key: Id,
+        name: String,
     },
     /// Store a record copy if it is newer than the one held (replication and repair).
     PutRecordCopy {
@@ -188,6 +200,18 @@ pub enum Response {
     Record {
         version: u64,
         record: Record,
+    },
+    /// What an `EditRecord` did: written as `version` (and the entry it removed), or
+    /// refused, with nothing written.
+    Edited {
+        version: u64,
+        removed: Option<DirEntry>,
+    },
+    EditRefused(EditRefusal),
+    /// A `LookupName` answer: the directory's version held and the name's entry.
+    Entry {
+        version: u64,
+        entry: Option<DirEntry>,
     },
     /// CAS failed: the version now held.
     Conflict {
@@ -342,6 +366,12 @@ impl Request {
                 if keys.len() > KEYS_MAX =>
             {
                 Err(format!("{} keys exceed {KEYS_MAX}", keys.len()))
+            }
+            Request::EditRecord { edit, .. } if !record::valid_name(edit.name()) => {
+                Err("edit of an invalid name".into())
+            }
+            Request::LookupName { name, .. } if !record::valid_name(name) => {
+                Err("lookup of an invalid name".into())
             }
             Request::FindSuccessor { avoid, .. } if avoid.len() > 1024 => {
                 Err("avoid list too long".into())

@@ -155,6 +155,114 @@ pub enum Record {
     Deleted,
 }
 
+/// A change to a record that its primary applies to the version it holds: the client
+/// sends the change, not the record, and the primary reads, changes and writes the
+/// record under the key's lock (a compare-and-set made where the record is), then
+/// replicates the result as any write. A directory update then costs the client neither
+/// a read nor the whole directory on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Edit {
+    /// Directory: enter `name` for `entry`, unless another inode holds the name. The
+    /// name holding this very inode is an earlier try whose answer was lost: it is
+    /// written again, not refused. The directory's mtime and ctime become at least `time`.
+    Link {
+        name: String,
+        entry: DirEntry,
+        time: Timespec,
+    },
+    /// Directory: take `name` out. `dir` says what the caller removes (rmdir: a
+    /// directory; unlink: anything else); the other kind is refused. With `id`, only
+    /// the entry naming that inode is removed.
+    Unlink {
+        name: String,
+        dir: bool,
+        id: Option<Id>,
+        time: Timespec,
+    },
+}
+
+impl Edit {
+    /// The name the edit is about.
+    pub fn name(&self) -> &str {
+        match self {
+            Edit::Link { name, .. } | Edit::Unlink { name, .. } => name,
+        }
+    }
+
+    /// Applies the edit to `current` (None: no record). Returns the record to write,
+    /// and the entry removed, or why the edit is refused. Pure, so the primary and the
+    /// tests decide alike.
+    pub fn apply(
+        &self,
+        current: Option<&Record>,
+    ) -> Result<(Record, Option<DirEntry>), EditRefusal> {
+        let dir = match current {
+            Some(Record::Inode(ino)) if ino.kind == Kind::Dir => ino,
+            Some(Record::Inode(_)) => return Err(EditRefusal::NotDir),
+            Some(Record::Deleted) | None => return Err(EditRefusal::NotFound),
+        };
+        let mut dir = dir.clone();
+        let (time, removed) = match self {
+            Edit::Link { name, entry, time } => {
+                match dir.entries.get(name) {
+                    Some(e) if e.id != entry.id => return Err(EditRefusal::Exists),
+                    _ => {}
+                }
+                dir.entries.insert(name.clone(), *entry);
+                (*time, None)
+            }
+            Edit::Unlink {
+                name,
+                dir: want_dir,
+                id,
+                time,
+            } => {
+                let e = *dir.entries.get(name).ok_or(EditRefusal::NotFound)?;
+                if id.is_some_and(|id| id != e.id) {
+                    return Err(EditRefusal::NotFound);
+                }
+                match (*want_dir, e.kind == Kind::Dir) {
+                    (true, false) => return Err(EditRefusal::NotDir),
+                    (false, true) => return Err(EditRefusal::IsDir),
+                    _ => {}
+                }
+                dir.entries.remove(name);
+                (*time, Some(e))
+            }
+        };
+        dir.mtime = dir.mtime.max(time);
+        dir.ctime = dir.ctime.max(time);
+        Ok((Record::Inode(dir), removed))
+    }
+}
+
+/// Why a primary did not apply an [`Edit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EditRefusal {
+    /// Another inode holds the name.
+    Exists,
+    /// No such directory, or no such name in it.
+    NotFound,
+    /// The record is not a directory, or (Unlink) the name is not one.
+    NotDir,
+    /// Unlink of a name that is a directory.
+    IsDir,
+}
+
+/// True for a name a directory may hold: not empty, not `.` or `..`, without `/` or
+/// NUL, at most [`NAME_MAX_BYTES`].
+pub fn valid_name(name: &str) -> bool {
+    !(name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || name.len() > NAME_MAX_BYTES)
+}
+
+/// Longest file name, as on most Linux filesystems.
+pub const NAME_MAX_BYTES: usize = 255;
+
 /// The well-known key of the root directory.
 pub fn root_id() -> Id {
     Id::hash(b"chordfs:root-directory")
@@ -231,6 +339,77 @@ mod tests {
             (9, 7, &chunks[..])
         );
         assert_eq!(ino.inline, None);
+    }
+
+    #[test]
+    fn edits_link_and_unlink_like_a_compare_and_set_would() {
+        let dir = Record::Inode(Box::new(Inode::new(Kind::Dir, 0o755, 0, 0, root_id(), 0)));
+        let (a, d) = (Id::hash(b"a"), Id::hash(b"d"));
+        let t = Timespec {
+            secs: 4_000_000_000,
+            nanos: 0,
+        };
+        let link = |name: &str, id: Id, kind: Kind| Edit::Link {
+            name: name.into(),
+            entry: DirEntry { id, kind },
+            time: t,
+        };
+        let (dir, _) = link("a", a, Kind::File).apply(Some(&dir)).unwrap();
+        let (dir, _) = link("d", d, Kind::Dir).apply(Some(&dir)).unwrap();
+        // The same inode again is a retry, written again; another one is refused.
+        assert!(link("a", a, Kind::File).apply(Some(&dir)).is_ok());
+        assert_eq!(
+            link("a", d, Kind::File).apply(Some(&dir)),
+            Err(EditRefusal::Exists)
+        );
+        let unlink = |name: &str, want_dir: bool, id: Option<Id>| Edit::Unlink {
+            name: name.into(),
+            dir: want_dir,
+            id,
+            time: t,
+        };
+        assert_eq!(
+            unlink("d", false, None).apply(Some(&dir)),
+            Err(EditRefusal::IsDir)
+        );
+        assert_eq!(
+            unlink("a", true, None).apply(Some(&dir)),
+            Err(EditRefusal::NotDir)
+        );
+        assert_eq!(
+            unlink("a", false, Some(d)).apply(Some(&dir)),
+            Err(EditRefusal::NotFound)
+        );
+        let (left, removed) = unlink("a", false, Some(a)).apply(Some(&dir)).unwrap();
+        assert_eq!(
+            removed,
+            Some(DirEntry {
+                id: a,
+                kind: Kind::File
+            })
+        );
+        let Record::Inode(left) = left else {
+            panic!("not an inode")
+        };
+        assert_eq!(left.entries.len(), 1);
+        assert_eq!((left.mtime, left.ctime), (t, t));
+        // Not a directory, or nothing there.
+        let file = Record::Inode(Box::new(Inode::new(Kind::File, 0o644, 0, 0, root_id(), 0)));
+        assert_eq!(
+            link("x", a, Kind::File).apply(Some(&file)),
+            Err(EditRefusal::NotDir)
+        );
+        for gone in [None, Some(&Record::Deleted)] {
+            assert_eq!(
+                unlink("a", false, None).apply(gone),
+                Err(EditRefusal::NotFound)
+            );
+        }
+        assert!(valid_name("a") && valid_name(&"x".repeat(NAME_MAX_BYTES)));
+        for bad in ["", ".", "..", "a/b", "a\0b"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(!valid_name(&"x".repeat(NAME_MAX_BYTES + 1)));
     }
 
     #[test]

@@ -84,6 +84,10 @@ fn about(req: &Request) -> Option<(Vec<crate::id::Id>, String)> {
         Request::CasRecord { key, expect, .. } => {
             Some((vec![*key], format!("CasRecord expect={expect}")))
         }
+        Request::LookupName { key, name } => Some((vec![*key], format!("LookupName {name}"))),
+        Request::EditRecord { key, edit } => {
+            Some((vec![*key], format!("EditRecord {}", edit.name())))
+        }
         Request::PutRecordCopy { key, version, .. } => {
             Some((vec![*key], format!("PutRecordCopy v{version}")))
         }
@@ -139,6 +143,8 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::GetChunk { .. } => "GetChunk",
         Request::CheckChunk { .. } => "CheckChunk",
         Request::CasRecord { .. } => "CasRecord",
+        Request::EditRecord { .. } => "EditRecord",
+        Request::LookupName { .. } => "LookupName",
         Request::PutRecordCopy { .. } => "PutRecordCopy",
         Request::RevertRecordCopy { .. } => "RevertRecordCopy",
         Request::GetRecord { .. } => "GetRecord",

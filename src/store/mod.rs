@@ -26,6 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+/// Encoded bytes of the records written lately that are kept decoded in memory (see
+/// `Store::get_record_cached`).
+const RECORD_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// Size of the record lock map at which entries nobody holds are dropped.
 const RECORD_LOCKS_SWEEP_AT: usize = 1024;
 /// Chunk stores and garbage-collection deletes are serialized per stripe, so a store
@@ -95,6 +98,24 @@ pub struct Store {
     tmp_seq: AtomicU64,
     /// Bad copies found and dropped since start.
     pub corrupt_found: AtomicU64,
+    /// The records this store wrote lately, decoded, as they are on disk: filled only by
+    /// writes (made under the key's lock, which also orders them), dropped with the key.
+    /// A primary updating a directory reads it here instead of decoding it again.
+    recent: moka::sync::Cache<Id, Arc<(u64, Record)>>,
+}
+
+fn record_cache() -> moka::sync::Cache<Id, Arc<(u64, Record)>> {
+    moka::sync::Cache::builder()
+        .max_capacity(RECORD_CACHE_BYTES)
+        .weigher(|_, v: &Arc<(u64, Record)>| match &v.1 {
+            Record::Inode(ino) => (256
+                + 64 * ino.entries.len()
+                + ino.inline.as_ref().map_or(0, |b| b.len())
+                + 24 * ino.chunks.len())
+            .min(u32::MAX as usize) as u32,
+            Record::Deleted => 64,
+        })
+        .build()
 }
 
 impl Store {
@@ -117,6 +138,7 @@ impl Store {
             chunk_locks: (0..CHUNK_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_seq: AtomicU64::new(0),
             corrupt_found: AtomicU64::new(0),
+            recent: record_cache(),
         };
         store.scan(EntryKind::Chunk)?;
         store.scan(EntryKind::Record)?;
@@ -133,6 +155,7 @@ impl Store {
             chunk_locks: (0..CHUNK_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             tmp_seq: AtomicU64::new(0),
             corrupt_found: AtomicU64::new(0),
+            recent: record_cache(),
         })
     }
 
@@ -537,7 +560,9 @@ impl Store {
     }
 
     fn forget(&self, key: &Id) {
-        self.index.lock().expect("index lock").remove(key);
+        let mut index = self.index.lock().expect("index lock");
+        index.remove(key);
+        self.recent.invalidate(key);
     }
 
     /// Removes a key's file and index entry.
@@ -559,6 +584,28 @@ impl Store {
         key: Id,
     ) -> Result<Option<(u64, Record)>, StoreError> {
         self.blocking(move |s| s.get_record_blocking(&key)).await
+    }
+
+    /// A record as [`Store::get_record`] reads it, from memory when this store wrote it
+    /// lately (no read, checksum or decoding of the file). For the hot paths only (a
+    /// primary's writes, plain reads): the scrubber and repair read the disk.
+    pub async fn get_record_cached(
+        self: &Arc<Self>,
+        key: Id,
+    ) -> Result<Option<(u64, Record)>, StoreError> {
+        // Still the version the index holds (nothing dropped it meanwhile).
+        if let Some(r) = self.recent_record(&key) {
+            return Ok(Some((r.0, r.1.clone())));
+        }
+        self.get_record(key).await
+    }
+
+    /// The record under `key` when this store wrote it lately and still holds that
+    /// version, shared rather than copied (see [`Store::get_record_cached`]).
+    pub fn recent_record(&self, key: &Id) -> Option<Arc<(u64, Record)>> {
+        self.recent
+            .get(key)
+            .filter(|r| self.record_version(key) == r.0)
     }
 
     pub fn get_record_blocking(&self, key: &Id) -> Result<Option<(u64, Record)>, StoreError> {
@@ -623,8 +670,31 @@ impl Store {
         version: u64,
         record: Record,
     ) -> Result<(), StoreError> {
-        self.blocking(move |s| s.write_record_blocking(key, version, &record))
+        self.write_record_shared(key, Arc::new((version, record)))
             .await
+    }
+
+    /// [`Store::write_record`] of a (version, record) the caller shares: kept as it is
+    /// in the store's memory of recent writes, not copied.
+    pub async fn write_record_shared(
+        self: &Arc<Self>,
+        key: Id,
+        record: Arc<(u64, Record)>,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |s| s.write_record_blocking(key, record))
+            .await
+    }
+
+    /// A record as [`Store::get_record_cached`] reads it, shared when it comes from
+    /// memory.
+    pub async fn get_record_shared(
+        self: &Arc<Self>,
+        key: Id,
+    ) -> Result<Option<Arc<(u64, Record)>>, StoreError> {
+        if let Some(r) = self.recent_record(&key) {
+            return Ok(Some(r));
+        }
+        Ok(self.get_record(key).await?.map(Arc::new))
     }
 
     /// Writes a record when `decide(current_version)` allows it, with no other record
@@ -646,16 +716,16 @@ impl Store {
         Ok((version, true))
     }
 
-    fn write_record_blocking(
-        &self,
-        key: Id,
-        version: u64,
-        record: &Record,
-    ) -> Result<(), StoreError> {
-        let bytes = encode_record_file(version, record)?;
+    fn write_record_blocking(&self, key: Id, record: Arc<(u64, Record)>) -> Result<(), StoreError> {
+        let version = record.0;
+        let bytes = encode_record_file(version, &record.1)?;
         let path = self.path_of(EntryKind::Record, &key);
-        self.write_atomic(&path, &bytes, None, true)?;
-        self.index.lock().expect("index lock").insert(
+        if let Err(e) = self.write_atomic(&path, &bytes, None, true) {
+            self.recent.invalidate(&key);
+            return Err(e);
+        }
+        let mut index = self.index.lock().expect("index lock");
+        index.insert(
             key,
             Meta {
                 kind: EntryKind::Record,
@@ -664,6 +734,7 @@ impl Store {
                 verified: false,
             },
         );
+        self.recent.insert(key, record);
         Ok(())
     }
 }
