@@ -384,17 +384,15 @@ fn response() -> impl Strategy<Value = Response> {
             proptest::option::of(peer()),
             peers(6),
             any::<u32>(),
-            peers(4),
             peers(4)
         )
-            .prop_map(|(me, predecessor, successors, replicas, lost, seen)| {
+            .prop_map(|(me, predecessor, successors, replicas, lost)| {
                 Response::State(NodeState {
                     me,
                     predecessor,
                     successors,
                     replicas,
                     lost,
-                    seen,
                 })
             }),
         (peer(), peers(6)).prop_map(|(from, successors)| Response::Found { from, successors }),

@@ -65,34 +65,24 @@ impl Node {
                         .write()
                         .expect("routing lock")
                         .set_successors(first.clone(), &list[1..]);
+                    // Remembered for good measure: if this node's new neighbours go
+                    // before it ever stabilizes with them, these are all it knows of
+                    // its ring (simulation seed 964: a node left alone with nobody to ask).
+                    self.note_seen(&path);
+                    self.note_seen(&list);
                     // The peers the successor counts as possibly live are this node's
                     // too: a node that joins the small side of a split must not take it
                     // for the whole ring and acknowledge writes with fewer than R
                     // copies (simulation seed 4297: a newcomer and the one node it
                     // joined through acknowledged a record version that the other
-                    // side also wrote). So are the peers it met lately: a newcomer
-                    // whose successor was cut off from the rest, and then died, knew
-                    // nobody else, and nodes that joined through it later formed an
-                    // island that no one in the ring had ever heard of (simulation
-                    // seed 23040). Asked a few times: a lost answer here costs for good.
-                    for _ in 0..3 {
-                        if let Ok(Response::State(st)) =
-                            self.net.call(&first.addr, Request::GetState, timeout).await
-                        {
-                            for p in st.lost.iter().take(super::reconcile::LOST_MAX) {
-                                self.note_lost(p);
-                            }
-                            let seen = st.seen.len().min(super::reconcile::LOST_MAX);
-                            self.note_seen(&st.seen[..seen]);
-                            break;
+                    // side also wrote).
+                    if let Ok(Response::State(st)) =
+                        self.net.call(&first.addr, Request::GetState, timeout).await
+                    {
+                        for p in st.lost.iter().take(super::reconcile::LOST_MAX) {
+                            self.note_lost(p);
                         }
                     }
-                    // Remembered for good measure (and last, as the most recent): if this
-                    // node's new neighbours go before it ever stabilizes with them, these
-                    // are all it knows of its ring (simulation seed 964: a node left
-                    // alone with nobody to ask).
-                    self.note_seen(&path);
-                    self.note_seen(&list);
                     self.stabilize().await;
                     return Ok(());
                 }

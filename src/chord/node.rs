@@ -109,10 +109,13 @@ pub struct Node {
     /// Chunks garbage collection freed here lately, refused as repair copies.
     // Never held across an await: one map operation at a time.
     pub freed: Mutex<super::gc::Freed>,
-    /// Keys this node holds but found outside its range in its last repair pass, since
-    /// when: it answers them as [`Held::Stray`] (see `repair_group`).
+    /// Records this node holds outside its range, since when (see `repair_group`).
     // Never held across an await: one map operation at a time.
     pub strays: Mutex<HashMap<Id, tokio::time::Instant>>,
+    /// Keys this node holds but found outside its range in its last repair pass: it
+    /// answers them as [`Held::Stray`] (see `repair_group`).
+    // Never held across an await: one set operation at a time.
+    pub handing_off: Mutex<std::collections::HashSet<Id>>,
     /// Peers that announced their leave lately, and when (see `note_departed`).
     // Never held across an await: one update at a time.
     pub departed: Mutex<Vec<(Id, tokio::time::Instant)>>,
@@ -170,6 +173,7 @@ impl Node {
             gc_lock: tokio::sync::Mutex::new(()),
             freed: Mutex::new(super::gc::Freed::default()),
             strays: Mutex::new(HashMap::new()),
+            handing_off: Mutex::new(std::collections::HashSet::new()),
             departed: Mutex::new(Vec::new()),
             record_writes: moka::sync::Cache::builder()
                 .max_capacity(65_536)
@@ -196,7 +200,6 @@ impl Node {
                 .iter()
                 .map(|l| l.peer.clone())
                 .collect(),
-            seen: self.seen.lock().expect("seen lock").clone(),
         }
     }
 
@@ -1035,12 +1038,12 @@ impl Node {
                 }
             }
             Request::HaveKeys { keys } => {
-                let strays = self.strays.lock().expect("strays lock");
+                let strays = self.handing_off.lock().expect("handing_off lock");
                 Response::Held(
                     keys.iter()
                         .map(|k| match self.store.meta(k) {
                             None => Held::No,
-                            Some(m) if strays.contains_key(k) => Held::Stray(m.version),
+                            Some(m) if strays.contains(k) => Held::Stray(m.version),
                             Some(m) => Held::Kept(m.version),
                         })
                         .collect(),

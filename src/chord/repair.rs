@@ -85,11 +85,11 @@ impl Node {
     pub async fn repair_pass(&self, leaving: bool) -> Result<usize, RpcError> {
         let started = Instant::now();
         let keys = self.store.keys();
-        // Forget the stray marks of keys gone since (dropped by garbage collection).
-        self.strays
+        // Forget the marks of keys gone since (dropped by garbage collection).
+        self.handing_off
             .lock()
-            .expect("strays lock")
-            .retain(|k, _| self.store.meta(k).is_some());
+            .expect("handing_off lock")
+            .retain(|k| self.store.meta(k).is_some());
         self.update_repair(|s| {
             s.running = true;
             s.keys_total = keys.len() as u64;
@@ -180,13 +180,12 @@ impl Node {
         // does not count this copy. So of two nodes that each take the other for a
         // holder, at most one can lean on the other's copy to drop its own.
         {
-            let now = Instant::now();
-            let mut strays = self.strays.lock().expect("strays lock");
+            let mut handing_off = self.handing_off.lock().expect("handing_off lock");
             for (key, _) in group {
                 if keep_here {
-                    strays.remove(key);
+                    handing_off.remove(key);
                 } else {
-                    strays.entry(*key).or_insert(now);
+                    handing_off.insert(*key);
                 }
             }
         }
@@ -234,6 +233,7 @@ impl Node {
                 under += 1;
             }
             if keep_here {
+                self.strays.lock().expect("strays lock").remove(key);
                 continue;
             }
             if may_drop && c >= needed {
@@ -242,6 +242,10 @@ impl Node {
                 }
                 if self.store.delete(key).is_ok() {
                     self.strays.lock().expect("strays lock").remove(key);
+                    self.handing_off
+                        .lock()
+                        .expect("handing_off lock")
+                        .remove(key);
                     self.update_repair(|s| s.keys_dropped += 1);
                 }
             } else {

@@ -272,9 +272,6 @@ pub struct NodeState {
     /// (a node joining through it learns them: see `Node::join`).
     #[serde(default)]
     pub lost: Vec<Peer>,
-    /// Peers this node met lately in successor lists (a joining node learns them too).
-    #[serde(default)]
-    pub seen: Vec<Peer>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -914,11 +914,11 @@ mod tests {
             let mark = |stray: bool| {
                 for &h in &holders {
                     let n = node(h);
-                    let mut strays = n.strays.lock().expect("strays lock");
+                    let mut handing_off = n.handing_off.lock().expect("handing_off lock");
                     if stray {
-                        strays.insert(key, tokio::time::Instant::now());
+                        handing_off.insert(key);
                     } else {
-                        strays.remove(&key);
+                        handing_off.remove(&key);
                     }
                 }
             };
