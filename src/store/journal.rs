@@ -1,0 +1,445 @@
+//! The record journal: what makes a record write durable.
+//!
+//! A record write puts the record's file in place (temp file, rename) without syncing
+//! it, then appends an entry to the journal and waits until the journal is synced.
+//! Writers that arrive while a sync runs share the next one (group commit), so one
+//! `fdatasync` of an appended file covers many writes; the record file itself costs no
+//! sync at all on the write's path. (Here an fsync'ed temp file, rename and directory
+//! fsync took 0.87 ms; an append and `fdatasync` 0.13 ms.)
+//!
+//! ```text
+//! DIR/journal/<gen>.log   entries: u32 LE length, payload, SHA-1 of the payload
+//!                         payload: op (1 write, 2 delete), 20-byte key, record file bytes
+//! ```
+//! When the journal outgrows [`CHECKPOINT_BYTES`], a checkpoint starts a new one, syncs
+//! the old one, flushes the filesystem (`syncfs`: every record file written before is on
+//! disk then) and removes the old one, off every writer's path. At start, the store
+//! replays the journals left, oldest first, entry by entry, onto the record files, and
+//! stops at the first entry that is torn or fails its checksum (the tail a crash cut).
+//! Record deletes are journaled but not waited for, as before the journal a removed file
+//! was not synced either: after a power loss, a deleted record may come back, as a copy
+//! that repair or garbage collection handle like any stray one.
+
+use crate::id::Id;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Journal bytes after which a checkpoint starts a new journal.
+pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
+/// The largest payload an entry may claim (a record file is far smaller): a length past
+/// it is a torn or corrupt entry, never an allocation.
+const MAX_ENTRY: usize = 256 * 1024 * 1024;
+const OP_WRITE: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// The record file of `key` has these bytes (as `encode_record_file` makes them).
+    Write(Id, Vec<u8>),
+    /// The record of `key` is removed.
+    Delete(Id),
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let (op, key, body): (u8, &Id, &[u8]) = match self {
+            Entry::Write(k, b) => (OP_WRITE, k, b),
+            Entry::Delete(k) => (OP_DELETE, k, &[]),
+        };
+        let len = 1 + 20 + body.len();
+        let mut out = Vec::with_capacity(4 + len + 20);
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.push(op);
+        out.extend_from_slice(&key.0);
+        out.extend_from_slice(body);
+        let sum = Id::hash(&out[4..]);
+        out.extend_from_slice(&sum.0);
+        out
+    }
+}
+
+/// The entries of a journal's bytes, up to the first that is torn, fails its checksum
+/// or names an unknown op; the second value is how many bytes they take. Never panics.
+pub fn parse(bytes: &[u8]) -> (Vec<Entry>, usize) {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while let Some(head) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
+        if !(21..=MAX_ENTRY).contains(&len) {
+            break;
+        }
+        let Some(payload) = bytes.get(at + 4..at + 4 + len) else {
+            break;
+        };
+        let Some(sum) = bytes.get(at + 4 + len..at + 4 + len + 20) else {
+            break;
+        };
+        if Id::hash(payload).0[..] != sum[..] {
+            break;
+        }
+        let key = Id(payload[1..21].try_into().expect("20 bytes"));
+        let entry = match payload[0] {
+            OP_WRITE => Entry::Write(key, payload[21..].to_vec()),
+            OP_DELETE if len == 21 => Entry::Delete(key),
+            _ => break,
+        };
+        entries.push(entry);
+        at += 4 + len + 20;
+    }
+    (entries, at)
+}
+
+struct Tail {
+    file: Arc<fs::File>,
+    gen: u64,
+    /// Entries appended since the journal was opened (all generations).
+    seq: u64,
+    /// Bytes in the current generation's file.
+    len: u64,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    /// The data dir, flushed by a checkpoint.
+    data_dir: PathBuf,
+    tail: Mutex<Tail>,
+    /// The last sequence number known durable. Held while syncing: writers that wait on
+    /// it find their entry covered by the sync before them (group commit).
+    synced: Mutex<u64>,
+    /// An append or sync failed: what the file holds is unknown, so nothing more is
+    /// acknowledged (every later append fails).
+    broken: AtomicBool,
+    checkpointing: AtomicBool,
+    checkpoint_bytes: u64,
+}
+
+fn log_path(dir: &Path, gen: u64) -> PathBuf {
+    dir.join(format!("{gen:020}.log"))
+}
+
+/// The journals in `dir`, oldest first.
+fn generations(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut gens: Vec<u64> = fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            name.to_str()?.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    gens.sort_unstable();
+    Ok(gens)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Flushes the whole filesystem holding `dir` to disk.
+fn syncfs(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = fs::File::open(dir)?;
+    #[allow(unsafe_code)]
+    // SAFETY: syncfs takes a descriptor that stays open for the call and touches no memory.
+    let rc = unsafe { libc::syncfs(d.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Journal {
+    /// Replays the journals under `data_dir/journal` with `apply` (oldest first), makes
+    /// the result durable, removes them and starts a new one. `apply` returns the errors
+    /// of writing record files: they stop the start (a journal is never removed before
+    /// what it holds is on disk).
+    pub fn open(
+        data_dir: &Path,
+        checkpoint_bytes: u64,
+        mut apply: impl FnMut(Entry) -> std::io::Result<()>,
+    ) -> std::io::Result<Arc<Journal>> {
+        let dir = data_dir.join("journal");
+        fs::create_dir_all(&dir)?;
+        let gens = generations(&dir)?;
+        let mut replayed = 0usize;
+        for &gen in &gens {
+            let bytes = fs::read(log_path(&dir, gen))?;
+            let (entries, used) = parse(&bytes);
+            if used < bytes.len() {
+                tracing::warn!(
+                    "journal {gen}: {} bytes after entry {} are torn or corrupt (a crash cut them); ignored",
+                    bytes.len() - used,
+                    entries.len()
+                );
+            }
+            replayed += entries.len();
+            for e in entries {
+                apply(e)?;
+            }
+        }
+        if !gens.is_empty() {
+            syncfs(data_dir)?;
+            for &gen in &gens {
+                fs::remove_file(log_path(&dir, gen))?;
+            }
+            tracing::info!("replayed {replayed} journal entries");
+        }
+        let gen = gens.last().map_or(1, |g| g + 1);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path(&dir, gen))?;
+        sync_dir(&dir)?;
+        Ok(Arc::new(Journal {
+            dir,
+            data_dir: data_dir.to_path_buf(),
+            tail: Mutex::new(Tail {
+                file: Arc::new(file),
+                gen,
+                seq: 0,
+                len: 0,
+            }),
+            synced: Mutex::new(0),
+            broken: AtomicBool::new(false),
+            checkpointing: AtomicBool::new(false),
+            checkpoint_bytes,
+        }))
+    }
+
+    fn broken_error() -> std::io::Error {
+        std::io::Error::other("the record journal failed earlier; no write is acknowledged")
+    }
+
+    /// Appends `entry`; with `durable`, returns once it is on disk.
+    pub fn append(self: &Arc<Self>, entry: &Entry, durable: bool) -> std::io::Result<()> {
+        let bytes = entry.encode();
+        let (seq, full) = {
+            let mut tail = self.tail.lock().expect("journal lock");
+            if self.broken.load(Ordering::Acquire) {
+                return Err(Self::broken_error());
+            }
+            if let Err(e) = (&*tail.file).write_all(&bytes) {
+                // A part of the entry may be in the file: nothing after it would replay.
+                self.broken.store(true, Ordering::Release);
+                return Err(e);
+            }
+            tail.seq += 1;
+            tail.len += bytes.len() as u64;
+            (tail.seq, tail.len >= self.checkpoint_bytes)
+        };
+        if durable {
+            self.sync_to(seq)?;
+        }
+        if full && !self.checkpointing.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("journal-checkpoint".into())
+                .spawn(move || {
+                    if let Err(e) = me.checkpoint() {
+                        tracing::warn!("journal checkpoint failed (retried later): {e}");
+                    }
+                    me.checkpointing.store(false, Ordering::Release);
+                });
+            if spawned.is_err() {
+                self.checkpointing.store(false, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_to(&self, seq: u64) -> std::io::Result<()> {
+        let mut synced = self.synced.lock().expect("journal sync lock");
+        if self.broken.load(Ordering::Acquire) {
+            return Err(Self::broken_error());
+        }
+        if *synced >= seq {
+            return Ok(());
+        }
+        // Everything appended so far is in the current file: a checkpoint moves to a new
+        // one only while holding `synced`, after syncing the old one.
+        let (upto, file) = {
+            let tail = self.tail.lock().expect("journal lock");
+            (tail.seq, tail.file.clone())
+        };
+        if let Err(e) = file.sync_data() {
+            self.broken.store(true, Ordering::Release);
+            return Err(e);
+        }
+        *synced = upto;
+        Ok(())
+    }
+
+    /// Starts a new journal and retires the old one once the record files it covers are
+    /// on disk.
+    pub fn checkpoint(&self) -> std::io::Result<()> {
+        let old_gen = {
+            let mut synced = self.synced.lock().expect("journal sync lock");
+            let (old, old_gen, upto) = {
+                let mut tail = self.tail.lock().expect("journal lock");
+                let gen = tail.gen + 1;
+                let file = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log_path(&self.dir, gen))?;
+                // The new file's name must survive a crash before any entry in it counts.
+                sync_dir(&self.dir)?;
+                let old = std::mem::replace(&mut tail.file, Arc::new(file));
+                let old_gen = std::mem::replace(&mut tail.gen, gen);
+                tail.len = 0;
+                (old, old_gen, tail.seq)
+            };
+            if let Err(e) = old.sync_data() {
+                self.broken.store(true, Ordering::Release);
+                return Err(e);
+            }
+            *synced = upto;
+            old_gen
+        };
+        // Every record file written before the old journal's last entry is complete (the
+        // file is put in place before its entry is appended): flush them all.
+        syncfs(&self.data_dir)?;
+        for gen in generations(&self.dir)? {
+            if gen <= old_gen {
+                match fs::remove_file(log_path(&self.dir, gen)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes in the current journal file.
+    pub fn len(&self) -> u64 {
+        self.tail.lock().expect("journal lock").len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> Id {
+        Id([b; 20])
+    }
+
+    #[test]
+    fn entries_round_trip_and_a_torn_tail_is_cut() {
+        let es = vec![
+            Entry::Write(key(1), b"one".to_vec()),
+            Entry::Delete(key(2)),
+            Entry::Write(key(3), vec![7; 1000]),
+        ];
+        let mut bytes: Vec<u8> = es.iter().flat_map(|e| e.encode()).collect();
+        let whole = bytes.len();
+        assert_eq!(parse(&bytes), (es.clone(), whole));
+        // A crash in the middle of the last entry: the first two stay.
+        bytes.truncate(whole - 5);
+        let (got, used) = parse(&bytes);
+        assert_eq!(got, es[..2].to_vec());
+        assert!(used < bytes.len());
+        // A flipped bit in the second entry: only the first.
+        let mut flipped: Vec<u8> = es.iter().flat_map(|e| e.encode()).collect();
+        let second = es[0].encode().len() + 6;
+        flipped[second] ^= 1;
+        assert_eq!(parse(&flipped).0, es[..1].to_vec());
+    }
+
+    #[test]
+    fn a_huge_length_is_a_torn_entry_not_an_allocation() {
+        let mut bytes = Entry::Delete(key(9)).encode();
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0; 64]);
+        assert_eq!(parse(&bytes).0, vec![Entry::Delete(key(9))]);
+    }
+
+    #[test]
+    fn appends_replay_in_order_after_a_restart_and_a_checkpoint_retires_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), u64::MAX, |_| Ok(())).unwrap();
+        j.append(&Entry::Write(key(1), b"a".to_vec()), true)
+            .unwrap();
+        j.append(&Entry::Delete(key(1)), false).unwrap();
+        j.append(&Entry::Write(key(2), b"b".to_vec()), true)
+            .unwrap();
+        drop(j);
+        let mut seen = Vec::new();
+        let j = Journal::open(dir.path(), u64::MAX, |e| {
+            seen.push(e);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                Entry::Write(key(1), b"a".to_vec()),
+                Entry::Delete(key(1)),
+                Entry::Write(key(2), b"b".to_vec()),
+            ]
+        );
+        // Replayed journals are gone: the next start replays only what came after.
+        j.append(&Entry::Write(key(3), b"c".to_vec()), true)
+            .unwrap();
+        j.checkpoint().unwrap();
+        j.append(&Entry::Write(key(4), b"d".to_vec()), true)
+            .unwrap();
+        drop(j);
+        let mut seen = Vec::new();
+        Journal::open(dir.path(), u64::MAX, |e| {
+            seen.push(e);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![Entry::Write(key(4), b"d".to_vec())]);
+    }
+
+    #[test]
+    fn concurrent_durable_appends_all_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        // A tiny checkpoint size: checkpoints run while the writers append.
+        let j = Journal::open(dir.path(), 4096, |_| Ok(())).unwrap();
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u32 {
+                        let mut k = [t; 20];
+                        k[..4].copy_from_slice(&i.to_le_bytes());
+                        j.append(&Entry::Write(Id(k), vec![t; 100]), true).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Let a checkpoint still running finish (bounded wait).
+        for _ in 0..500 {
+            if !j.checkpointing.load(Ordering::Acquire) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!j.checkpointing.load(Ordering::Acquire));
+        // The journals the writers filled are retired; what follows a checkpoint replays.
+        j.checkpoint().unwrap();
+        j.append(&Entry::Delete(key(9)), true).unwrap();
+        drop(j);
+        let left = generations(&dir.path().join("journal")).unwrap();
+        assert_eq!(left.len(), 1, "one journal left, not {left:?}");
+        let mut seen = Vec::new();
+        Journal::open(dir.path(), 4096, |e| {
+            seen.push(e);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![Entry::Delete(key(9))]);
+    }
+}
