@@ -1,30 +1,34 @@
 //! The record journal: what makes a record write durable.
 //!
-//! A record write puts the record's file in place (temp file, rename) without syncing
-//! it, then appends an entry to the journal and waits until the journal is synced.
-//! Writers that arrive while a sync runs share the next one (group commit), so one
-//! `fdatasync` of an appended file covers many writes; the record file itself costs no
-//! sync at all on the write's path. (Here an fsync'ed temp file, rename and directory
-//! fsync took 0.87 ms; an append and `fdatasync` 0.13 ms.)
+//! A record write appends an entry to the journal and waits until the journal is
+//! synced; writers that arrive while a sync runs share the next one (group commit). The
+//! record's file is not touched then: the journal keeps the records written since its
+//! last checkpoint in memory (at most [`CHECKPOINT_BYTES`] of them), and reads look
+//! there first. A write thus costs one `fdatasync` of an appended file, shared, instead
+//! of a synced temp file, a rename and a synced directory (measured here: 0.13 ms
+//! against 0.81 ms; putting the file in place unsynced beside the journal still cost
+//! 0.64 ms, as the journal's sync then commits the rename too).
 //!
 //! ```text
 //! DIR/journal/<gen>.log   entries: u32 LE length, payload, SHA-1 of the payload
 //!                         payload: op (1 write, 2 delete), 20-byte key, record file bytes
 //! ```
 //! When the journal outgrows [`CHECKPOINT_BYTES`], a checkpoint starts a new one, syncs
-//! the old one, flushes the filesystem (`syncfs`: every record file written before is on
-//! disk then) and removes the old one, off every writer's path. At start, the store
-//! replays the journals left, oldest first, entry by entry, onto the record files, and
-//! stops at the first entry that is torn or fails its checksum (the tail a crash cut).
-//! Record deletes are journaled but not waited for, as before the journal a removed file
-//! was not synced either: after a power loss, a deleted record may come back, as a copy
-//! that repair or garbage collection handle like any stray one.
+//! the old one, writes the old one's records to their files, flushes the filesystem
+//! (`syncfs`) and only then removes the old journal and forgets those records, off
+//! every writer's path. At start, the store replays the journals left, oldest first,
+//! entry by entry, onto the record files, and stops at the first entry that is torn or
+//! fails its checksum (the tail a crash cut). A delete removes the record's file at
+//! once and is journaled without waiting for the sync, as a removed file was never
+//! synced before the journal either: after a power loss a deleted record may come back,
+//! as a copy that repair or garbage collection handle like any stray one.
 
 use crate::id::Id;
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Journal bytes after which a checkpoint starts a new journal.
@@ -101,11 +105,20 @@ struct Tail {
     len: u64,
 }
 
+/// A record the journal holds that its file may not: its generation, and its file's
+/// bytes (`None`: deleted).
+type Held = (u64, Option<Arc<Vec<u8>>>);
+
 pub struct Journal {
     dir: PathBuf,
     /// The data dir, flushed by a checkpoint.
     data_dir: PathBuf,
     tail: Mutex<Tail>,
+    /// The records journaled since the last checkpoint, by key. Updated under `tail`'s
+    /// lock, so it follows the journal's order.
+    held: Mutex<HashMap<Id, Held>>,
+    /// Names temp files of the record files a checkpoint writes.
+    file_seq: AtomicU64,
     /// The last sequence number known durable. Held while syncing: writers that wait on
     /// it find their entry covered by the sync before them (group commit).
     synced: Mutex<u64>,
@@ -133,6 +146,30 @@ fn generations(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(gens)
 }
 
+/// Puts a record file in place (temp file in `DIR/tmp`, rename), unsynced, or removes
+/// it.
+fn put_record_file(
+    data_dir: &Path,
+    part: &str,
+    key: &Id,
+    bytes: Option<&[u8]>,
+) -> std::io::Result<()> {
+    let hex = key.to_hex();
+    let path = data_dir.join("records").join(&hex[..2]).join(&hex);
+    match bytes {
+        Some(b) => {
+            let tmp = data_dir.join("tmp").join(part);
+            fs::create_dir_all(path.parent().expect("record paths have a parent"))?;
+            fs::write(&tmp, b)?;
+            fs::rename(&tmp, &path)
+        }
+        None => match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -152,17 +189,18 @@ fn syncfs(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Journal {
-    /// Replays the journals under `data_dir/journal` with `apply` (oldest first), makes
-    /// the result durable, removes them and starts a new one. `apply` returns the errors
-    /// of writing record files: they stop the start (a journal is never removed before
-    /// what it holds is on disk).
+    /// Replays the journals under `data_dir/journal` onto the record files (oldest
+    /// first; each entry is also shown to `seen`), makes the result durable, removes them
+    /// and starts a new one. An error writing a record file stops the start: a journal
+    /// is never removed before what it holds is on disk.
     pub fn open(
         data_dir: &Path,
         checkpoint_bytes: u64,
-        mut apply: impl FnMut(Entry) -> std::io::Result<()>,
+        mut seen: impl FnMut(&Entry),
     ) -> std::io::Result<Arc<Journal>> {
         let dir = data_dir.join("journal");
         fs::create_dir_all(&dir)?;
+        fs::create_dir_all(data_dir.join("tmp"))?;
         let gens = generations(&dir)?;
         let mut replayed = 0usize;
         for &gen in &gens {
@@ -175,9 +213,14 @@ impl Journal {
                     entries.len()
                 );
             }
-            replayed += entries.len();
             for e in entries {
-                apply(e)?;
+                seen(&e);
+                replayed += 1;
+                let part = format!("replay.{replayed}");
+                match &e {
+                    Entry::Write(k, b) => put_record_file(data_dir, &part, k, Some(b))?,
+                    Entry::Delete(k) => put_record_file(data_dir, &part, k, None)?,
+                }
             }
         }
         if !gens.is_empty() {
@@ -202,6 +245,8 @@ impl Journal {
                 seq: 0,
                 len: 0,
             }),
+            held: Mutex::new(HashMap::new()),
+            file_seq: AtomicU64::new(0),
             synced: Mutex::new(0),
             broken: AtomicBool::new(false),
             checkpointing: AtomicBool::new(false),
@@ -213,8 +258,15 @@ impl Journal {
         std::io::Error::other("the record journal failed earlier; no write is acknowledged")
     }
 
+    /// The record file bytes of `key` as the journal holds them: `Some(None)` when it
+    /// was deleted since the last checkpoint, `None` when the file is current.
+    pub fn lookup(&self, key: &Id) -> Option<Option<Arc<Vec<u8>>>> {
+        let held = self.held.lock().expect("journal held lock");
+        held.get(key).map(|(_, b)| b.clone())
+    }
+
     /// Appends `entry`; with `durable`, returns once it is on disk.
-    pub fn append(self: &Arc<Self>, entry: &Entry, durable: bool) -> std::io::Result<()> {
+    pub fn append(self: &Arc<Self>, entry: Entry, durable: bool) -> std::io::Result<()> {
         let bytes = entry.encode();
         let (seq, full) = {
             let mut tail = self.tail.lock().expect("journal lock");
@@ -228,6 +280,14 @@ impl Journal {
             }
             tail.seq += 1;
             tail.len += bytes.len() as u64;
+            let (key, body) = match entry {
+                Entry::Write(k, b) => (k, Some(Arc::new(b))),
+                Entry::Delete(k) => (k, None),
+            };
+            self.held
+                .lock()
+                .expect("journal held lock")
+                .insert(key, (tail.gen, body));
             (tail.seq, tail.len >= self.checkpoint_bytes)
         };
         if durable {
@@ -272,8 +332,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Starts a new journal and retires the old one once the record files it covers are
-    /// on disk.
+    /// Starts a new journal and retires the old one once the records it holds are in
+    /// their files, on disk.
     pub fn checkpoint(&self) -> std::io::Result<()> {
         let old_gen = {
             let mut synced = self.synced.lock().expect("journal sync lock");
@@ -298,8 +358,23 @@ impl Journal {
             *synced = upto;
             old_gen
         };
-        // Every record file written before the old journal's last entry is complete (the
-        // file is put in place before its entry is appended): flush them all.
+        // The old journal's records, at their last state (a key written again since is
+        // left to the next checkpoint: the new journal holds it).
+        let due: Vec<(Id, Option<Arc<Vec<u8>>>)> = self
+            .held
+            .lock()
+            .expect("journal held lock")
+            .iter()
+            .filter(|(_, (gen, _))| *gen <= old_gen)
+            .map(|(k, (_, b))| (*k, b.clone()))
+            .collect();
+        for (key, bytes) in &due {
+            let part = format!(
+                "checkpoint.{}",
+                self.file_seq.fetch_add(1, Ordering::Relaxed)
+            );
+            put_record_file(&self.data_dir, &part, key, bytes.as_deref().map(|b| &b[..]))?;
+        }
         syncfs(&self.data_dir)?;
         for gen in generations(&self.dir)? {
             if gen <= old_gen {
@@ -309,6 +384,10 @@ impl Journal {
                 }
             }
         }
+        self.held
+            .lock()
+            .expect("journal held lock")
+            .retain(|_, (gen, _)| *gen > old_gen);
         Ok(())
     }
 
@@ -328,6 +407,11 @@ mod tests {
 
     fn key(b: u8) -> Id {
         Id([b; 20])
+    }
+
+    fn record_file(dir: &Path, k: &Id) -> PathBuf {
+        let hex = k.to_hex();
+        dir.join("records").join(&hex[..2]).join(hex)
     }
 
     #[test]
@@ -363,19 +447,16 @@ mod tests {
     #[test]
     fn appends_replay_in_order_after_a_restart_and_a_checkpoint_retires_them() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), u64::MAX, |_| Ok(())).unwrap();
-        j.append(&Entry::Write(key(1), b"a".to_vec()), true)
-            .unwrap();
-        j.append(&Entry::Delete(key(1)), false).unwrap();
-        j.append(&Entry::Write(key(2), b"b".to_vec()), true)
-            .unwrap();
+        let j = Journal::open(dir.path(), u64::MAX, |_| {}).unwrap();
+        j.append(Entry::Write(key(1), b"a".to_vec()), true).unwrap();
+        j.append(Entry::Delete(key(1)), false).unwrap();
+        j.append(Entry::Write(key(2), b"b".to_vec()), true).unwrap();
+        assert_eq!(j.lookup(&key(1)), Some(None));
+        assert_eq!(j.lookup(&key(2)), Some(Some(Arc::new(b"b".to_vec()))));
+        assert_eq!(j.lookup(&key(3)), None);
         drop(j);
         let mut seen = Vec::new();
-        let j = Journal::open(dir.path(), u64::MAX, |e| {
-            seen.push(e);
-            Ok(())
-        })
-        .unwrap();
+        let j = Journal::open(dir.path(), u64::MAX, |e| seen.push(e.clone())).unwrap();
         assert_eq!(
             seen,
             vec![
@@ -384,19 +465,22 @@ mod tests {
                 Entry::Write(key(2), b"b".to_vec()),
             ]
         );
-        // Replayed journals are gone: the next start replays only what came after.
-        j.append(&Entry::Write(key(3), b"c".to_vec()), true)
-            .unwrap();
+        // Replayed records are in their files, and the journals gone: the next start
+        // replays only what came after.
+        assert_eq!(fs::read(record_file(dir.path(), &key(2))).unwrap(), b"b");
+        assert!(!record_file(dir.path(), &key(1)).exists());
+        j.append(Entry::Write(key(3), b"c".to_vec()), true).unwrap();
+        assert!(
+            !record_file(dir.path(), &key(3)).exists(),
+            "held by the journal"
+        );
         j.checkpoint().unwrap();
-        j.append(&Entry::Write(key(4), b"d".to_vec()), true)
-            .unwrap();
+        assert_eq!(fs::read(record_file(dir.path(), &key(3))).unwrap(), b"c");
+        assert_eq!(j.lookup(&key(3)), None, "forgotten once in its file");
+        j.append(Entry::Write(key(4), b"d".to_vec()), true).unwrap();
         drop(j);
         let mut seen = Vec::new();
-        Journal::open(dir.path(), u64::MAX, |e| {
-            seen.push(e);
-            Ok(())
-        })
-        .unwrap();
+        Journal::open(dir.path(), u64::MAX, |e| seen.push(e.clone())).unwrap();
         assert_eq!(seen, vec![Entry::Write(key(4), b"d".to_vec())]);
     }
 
@@ -404,7 +488,7 @@ mod tests {
     fn concurrent_durable_appends_all_replay() {
         let dir = tempfile::tempdir().unwrap();
         // A tiny checkpoint size: checkpoints run while the writers append.
-        let j = Journal::open(dir.path(), 4096, |_| Ok(())).unwrap();
+        let j = Journal::open(dir.path(), 4096, |_| {}).unwrap();
         let threads: Vec<_> = (0..4u8)
             .map(|t| {
                 let j = j.clone();
@@ -412,7 +496,7 @@ mod tests {
                     for i in 0..200u32 {
                         let mut k = [t; 20];
                         k[..4].copy_from_slice(&i.to_le_bytes());
-                        j.append(&Entry::Write(Id(k), vec![t; 100]), true).unwrap();
+                        j.append(Entry::Write(Id(k), vec![t; 100]), true).unwrap();
                     }
                 })
             })
@@ -430,16 +514,12 @@ mod tests {
         assert!(!j.checkpointing.load(Ordering::Acquire));
         // The journals the writers filled are retired; what follows a checkpoint replays.
         j.checkpoint().unwrap();
-        j.append(&Entry::Delete(key(9)), true).unwrap();
+        j.append(Entry::Delete(key(9)), true).unwrap();
         drop(j);
         let left = generations(&dir.path().join("journal")).unwrap();
         assert_eq!(left.len(), 1, "one journal left, not {left:?}");
         let mut seen = Vec::new();
-        Journal::open(dir.path(), 4096, |e| {
-            seen.push(e);
-            Ok(())
-        })
-        .unwrap();
+        Journal::open(dir.path(), 4096, |e| seen.push(e.clone())).unwrap();
         assert_eq!(seen, vec![Entry::Delete(key(9))]);
     }
 }
