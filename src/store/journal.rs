@@ -36,6 +36,9 @@ pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
 /// The largest payload an entry may claim (a record file is far smaller): a length past
 /// it is a torn or corrupt entry, never an allocation.
 const MAX_ENTRY: usize = 256 * 1024 * 1024;
+/// At most this many records replayed at start are synced one by one; more, and the
+/// start syncs the whole filesystem instead.
+const REPLAY_SYNC_FILES_MAX: usize = 512;
 const OP_WRITE: u8 = 1;
 const OP_DELETE: u8 = 2;
 
@@ -170,6 +173,28 @@ fn put_record_file(
     }
 }
 
+/// Syncs the record files of `keys` (those that exist) and their directories.
+fn sync_record_files(data_dir: &Path, keys: &std::collections::HashSet<Id>) -> std::io::Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for key in keys {
+        let hex = key.to_hex();
+        let sub = data_dir.join("records").join(&hex[..2]);
+        match fs::File::open(sub.join(&hex)) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        dirs.insert(sub);
+    }
+    for d in dirs {
+        match sync_dir(&d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -203,6 +228,7 @@ impl Journal {
         fs::create_dir_all(data_dir.join("tmp"))?;
         let gens = generations(&dir)?;
         let mut replayed = 0usize;
+        let mut touched: std::collections::HashSet<Id> = std::collections::HashSet::new();
         for &gen in &gens {
             let bytes = fs::read(log_path(&dir, gen))?;
             let (entries, used) = parse(&bytes);
@@ -217,6 +243,9 @@ impl Journal {
                 seen(&e);
                 replayed += 1;
                 let part = format!("replay.{replayed}");
+                touched.insert(match &e {
+                    Entry::Write(k, _) | Entry::Delete(k) => *k,
+                });
                 match &e {
                     Entry::Write(k, b) => put_record_file(data_dir, &part, k, Some(b))?,
                     Entry::Delete(k) => put_record_file(data_dir, &part, k, None)?,
@@ -224,7 +253,13 @@ impl Journal {
             }
         }
         if !gens.is_empty() {
-            syncfs(data_dir)?;
+            if touched.len() <= REPLAY_SYNC_FILES_MAX {
+                // A few files: sync them, not the whole filesystem (which may hold much
+                // else that is dirty, and would slow the start).
+                sync_record_files(data_dir, &touched)?;
+            } else {
+                syncfs(data_dir)?;
+            }
             for &gen in &gens {
                 fs::remove_file(log_path(&dir, gen))?;
             }
