@@ -84,6 +84,11 @@ pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
         store,
         TcpTransport::with_secret(secret.clone()),
     );
+    if opts.join.is_some() {
+        // Not a ring of its own to anyone who calls before the join is done.
+        node.joining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(net::serve_with_secret(
         listener,

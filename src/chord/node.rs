@@ -861,6 +861,15 @@ impl Node {
         }
         match req {
             Request::Ping => Response::Pong { id: self.me.id },
+            // A node still joining knows no ring but itself: its state and lookups would
+            // lead others astray. A node restarted while its old neighbours still listed
+            // it answered their stabilize with "I am alone", they copied that, and its
+            // join then found no successor but itself, until it gave up.
+            Request::GetState | Request::FindSuccessor { .. }
+                if self.joining.load(Ordering::Acquire) =>
+            {
+                Response::error(ErrorKind::Unavailable, "node is joining")
+            }
             Request::GetState => Response::State(self.state()),
             Request::FindSuccessor { key, mut avoid } => {
                 if self.leaving.load(Ordering::Acquire) {
