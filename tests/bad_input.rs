@@ -303,10 +303,18 @@ async fn a_corrupt_copy_on_disk_is_read_around_and_repaired() {
     let chunk = f2.inode.chunks[1];
     let inode = reader.resolve("/bad/f3").await.unwrap().id;
     let ids = c.sorted_live_ids();
+    let node_ids: Vec<Id> = c.nodes.iter().map(|n| n.id).collect();
     let primary_of = |key: &Id| {
         let owner = common::owner(&ids, key);
-        c.nodes.iter().position(|n| n.id == owner).unwrap()
+        node_ids.iter().position(|n| *n == owner).unwrap()
     };
+    // Records live in a node's journal until its checkpoint; a restart writes them to
+    // their files, where the damage below reaches them.
+    let record_node = primary_of(&inode);
+    let mut c = c;
+    c.kill(record_node);
+    c.restart(record_node).await;
+    c.wait_converged().await;
     let hex = chunk.to_hex();
     let chunk_node = primary_of(&chunk);
     let chunk_path = c.nodes[chunk_node]
@@ -316,7 +324,6 @@ async fn a_corrupt_copy_on_disk_is_read_around_and_repaired() {
         .join(&hex);
     flip_a_byte(&chunk_path);
     let hex = inode.to_hex();
-    let record_node = primary_of(&inode);
     flip_a_byte(
         &c.nodes[record_node]
             .dir
