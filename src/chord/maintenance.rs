@@ -389,6 +389,8 @@ impl Node {
                 tracing::warn!("repair pass failed: {e}");
             }
             self.scrub_step(super::scrub::SCRUB_BYTES_PER_STEP).await;
+            self.store
+                .checkpoint_journal_if_older(crate::store::journal::CHECKPOINT_EVERY);
         }
     }
 }

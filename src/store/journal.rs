@@ -13,7 +13,8 @@
 //! DIR/journal/<gen>.log   entries: u32 LE length, payload, SHA-1 of the payload
 //!                         payload: op (1 write, 2 delete), 20-byte key, record file bytes
 //! ```
-//! When the journal outgrows [`CHECKPOINT_BYTES`], a checkpoint starts a new one, syncs
+//! When the journal outgrows [`CHECKPOINT_BYTES`] (or, on a quiet node, holds anything a
+//! minute after the last one), a checkpoint starts a new one, syncs
 //! the old one, writes the old one's records to their files, flushes the filesystem
 //! (`syncfs`) and only then removes the old journal and forgets those records, off
 //! every writer's path. At start, the store replays the journals left, oldest first,
@@ -30,9 +31,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Journal bytes after which a checkpoint starts a new journal.
 pub const CHECKPOINT_BYTES: u64 = 16 * 1024 * 1024;
+/// A journal that holds anything is checkpointed at least this often (checked by the
+/// node's repair loop).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 /// The largest payload an entry may claim (a record file is far smaller): a length past
 /// it is a torn or corrupt entry, never an allocation.
 const MAX_ENTRY: usize = 256 * 1024 * 1024;
@@ -129,6 +134,7 @@ pub struct Journal {
     /// acknowledged (every later append fails).
     broken: AtomicBool,
     checkpointing: AtomicBool,
+    last_checkpoint: Mutex<Instant>,
     checkpoint_bytes: u64,
 }
 
@@ -285,6 +291,7 @@ impl Journal {
             synced: Mutex::new(0),
             broken: AtomicBool::new(false),
             checkpointing: AtomicBool::new(false),
+            last_checkpoint: Mutex::new(Instant::now()),
             checkpoint_bytes,
         }))
     }
@@ -328,21 +335,39 @@ impl Journal {
         if durable {
             self.sync_to(seq)?;
         }
-        if full && !self.checkpointing.swap(true, Ordering::AcqRel) {
-            let me = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("journal-checkpoint".into())
-                .spawn(move || {
-                    if let Err(e) = me.checkpoint() {
-                        tracing::warn!("journal checkpoint failed (retried later): {e}");
-                    }
-                    me.checkpointing.store(false, Ordering::Release);
-                });
-            if spawned.is_err() {
-                self.checkpointing.store(false, Ordering::Release);
-            }
+        if full {
+            self.start_checkpoint();
         }
         Ok(())
+    }
+
+    /// Starts a checkpoint on a thread of its own, unless one runs already.
+    fn start_checkpoint(self: &Arc<Self>) {
+        if self.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || {
+                if let Err(e) = me.checkpoint() {
+                    tracing::warn!("journal checkpoint failed (retried later): {e}");
+                }
+                *me.last_checkpoint.lock().expect("journal lock") = Instant::now();
+                me.checkpointing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.checkpointing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Starts a checkpoint when the journal holds anything and none ran for `age`: the
+    /// records of a quiet node reach their files, and a restart has little to replay.
+    pub fn checkpoint_if_older(self: &Arc<Self>, age: Duration) {
+        let due = self.last_checkpoint.lock().expect("journal lock").elapsed() >= age;
+        if due && !self.is_empty() {
+            self.start_checkpoint();
+        }
     }
 
     fn sync_to(&self, seq: u64) -> std::io::Result<()> {
@@ -517,6 +542,26 @@ mod tests {
         let mut seen = Vec::new();
         Journal::open(dir.path(), u64::MAX, |e| seen.push(e.clone())).unwrap();
         assert_eq!(seen, vec![Entry::Write(key(4), b"d".to_vec())]);
+    }
+
+    #[test]
+    fn a_quiet_journal_is_checkpointed_once_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), u64::MAX, |_| {}).unwrap();
+        j.checkpoint_if_older(Duration::ZERO);
+        assert!(!j.checkpointing.load(Ordering::Acquire), "nothing to do");
+        j.append(Entry::Write(key(5), b"e".to_vec()), true).unwrap();
+        j.checkpoint_if_older(Duration::from_secs(3600));
+        assert!(!j.checkpointing.load(Ordering::Acquire), "not due yet");
+        j.checkpoint_if_older(Duration::ZERO);
+        for _ in 0..500 {
+            if j.lookup(&key(5)).is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(j.lookup(&key(5)), None, "checkpointed");
+        assert_eq!(fs::read(record_file(dir.path(), &key(5))).unwrap(), b"e");
     }
 
     #[test]

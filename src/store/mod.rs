@@ -693,6 +693,14 @@ impl Store {
         lock.lock_owned().await
     }
 
+    /// Starts a checkpoint of the record journal when one is due on a quiet node (see
+    /// [`Journal::checkpoint_if_older`]); the memory backend has no journal.
+    pub fn checkpoint_journal_if_older(&self, age: Duration) {
+        if let Some(j) = &self.journal {
+            j.checkpoint_if_older(age);
+        }
+    }
+
     /// The version of the record held under `key` (0: none).
     pub fn record_version(&self, key: &Id) -> u64 {
         match self.meta(key) {
