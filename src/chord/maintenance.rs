@@ -143,14 +143,33 @@ impl Node {
                     }
                     let vanished = {
                         let mut r = self.routing.write().expect("routing lock");
-                        let before = r.successors.clone();
-                        r.set_successors(first.clone(), &tail);
-                        before
-                            .into_iter()
-                            .filter(|p| {
-                                p.id != self.me.id && !r.successors.iter().any(|q| q.id == p.id)
-                            })
-                            .collect::<Vec<Peer>>()
+                        // The successor changed while its answer was on its way (reconcile
+                        // adopted a closer one, a leave closed the ring): the answer
+                        // describes a list that is no longer this node's, and written over
+                        // the new one it can skip live nodes. Ask the new successor
+                        // instead. (Simulation seed 15069: reconcile made n02 the
+                        // successor of n05; a stabilize round that had asked n03 before
+                        // then wrote n03's predecessor n08 over it, so n05 skipped n02
+                        // and n01, and acknowledged a version of a record that n02, its
+                        // primary meanwhile, had acknowledged too.)
+                        if r.successor().id != succ.id {
+                            None
+                        } else {
+                            let before = r.successors.clone();
+                            r.set_successors(first.clone(), &tail);
+                            Some(
+                                before
+                                    .into_iter()
+                                    .filter(|p| {
+                                        p.id != self.me.id
+                                            && !r.successors.iter().any(|q| q.id == p.id)
+                                    })
+                                    .collect::<Vec<Peer>>(),
+                            )
+                        }
+                    };
+                    let Some(vanished) = vanished else {
+                        continue;
                     };
                     self.note_seen(&tail);
                     self.note_seen(std::slice::from_ref(&first));

@@ -249,13 +249,17 @@ impl Cluster {
         }
     }
 
-    /// Ends every task of every node (the end of a run).
+    /// Ends every task of every node (the end of a run), and takes them off the
+    /// network: the network holds each attached node, and each node the network (its
+    /// endpoint), so a node left attached kept the whole run in memory, store and all
+    /// (a sweep of 26,000 seeds grew past 24 GB and was killed).
     pub fn stop_all(&mut self) {
         for n in &mut self.nodes {
             n.kill.cancel();
             if let Some(node) = &n.node {
                 node.shutdown.cancel();
             }
+            self.net.detach(&n.addr);
         }
     }
 }

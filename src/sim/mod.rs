@@ -946,4 +946,74 @@ mod tests {
             cl.stop_all();
         });
     }
+
+    /// A stabilize round asks its successor for its state; when the successor changes
+    /// while that answer is on its way (reconcile adopts a closer one), the answer no
+    /// longer describes this node's list and must not overwrite the new one. Written
+    /// over it, it skipped the node's true successors, and the node acknowledged a
+    /// version of a record that the skipped primary had acknowledged too (simulation
+    /// seed 15069).
+    #[test]
+    fn a_stale_stabilize_answer_does_not_overwrite_a_newer_successor() {
+        in_simulated_time(async {
+            let net = SimNet::new(StdRng::seed_from_u64(5));
+            net.set_weather(Weather {
+                delay_ms: (20, 20),
+                loss: 0.0,
+            });
+            let mut nodes = Vec::new();
+            for i in 0..6 {
+                let addr = format!("n{i:02}");
+                let node = crate::chord::Node::new(
+                    cluster::node_config(&addr),
+                    Id::hash(addr.as_bytes()),
+                    crate::store::Store::memory(),
+                    net.endpoint(&addr),
+                );
+                net.attach(&addr, node.clone(), CancellationToken::new());
+                nodes.push(node);
+            }
+            // A settled ring (no maintenance runs: this test drives the one round).
+            nodes.sort_by_key(|n| n.me.id);
+            let n = nodes.len();
+            let after = |i: usize| -> Vec<crate::proto::Peer> {
+                (1..n).map(|k| nodes[(i + k) % n].me.clone()).collect()
+            };
+            for (i, node) in nodes.iter().enumerate() {
+                let mut r = node.routing.write().expect("routing lock");
+                r.predecessor = Some(nodes[(i + n - 1) % n].me.clone());
+                let list = after(i);
+                r.set_successors(list[0].clone(), &list[1..]);
+            }
+            // Node 0 has a stale view: only node 4, whose predecessor (node 3) lies
+            // beyond node 0's true successors.
+            let a = nodes[0].clone();
+            a.routing
+                .write()
+                .expect("routing lock")
+                .set_successors(nodes[4].me.clone(), &[]);
+            let round = tokio::spawn({
+                let a = a.clone();
+                async move { a.stabilize().await }
+            });
+            // While it asks node 4, it learns its true successors (as reconcile does).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let list = after(0);
+            a.routing
+                .write()
+                .expect("routing lock")
+                .set_successors(list[0].clone(), &list[1..]);
+            round.await.expect("the stabilize round");
+            let got: Vec<String> = a
+                .snapshot()
+                .successors
+                .iter()
+                .map(|p| p.addr.clone())
+                .collect();
+            assert_eq!(
+                got[0], nodes[1].me.addr,
+                "the stale answer replaced the true successor: {got:?}"
+            );
+        });
+    }
 }
