@@ -24,6 +24,7 @@
 //! synced before the journal either: after a power loss a deleted record may come back,
 //! as a copy that repair or garbage collection handle like any stray one.
 
+use super::{entry_path, EntryKind};
 use crate::id::Id;
 use std::collections::HashMap;
 use std::fs;
@@ -163,8 +164,7 @@ fn put_record_file(
     key: &Id,
     bytes: Option<&[u8]>,
 ) -> std::io::Result<()> {
-    let hex = key.to_hex();
-    let path = data_dir.join("records").join(&hex[..2]).join(&hex);
+    let path = entry_path(data_dir, EntryKind::Record, key);
     match bytes {
         Some(b) => {
             let tmp = data_dir.join("tmp").join(part);
@@ -183,14 +183,17 @@ fn put_record_file(
 fn sync_record_files(data_dir: &Path, keys: &std::collections::HashSet<Id>) -> std::io::Result<()> {
     let mut dirs = std::collections::BTreeSet::new();
     for key in keys {
-        let hex = key.to_hex();
-        let sub = data_dir.join("records").join(&hex[..2]);
-        match fs::File::open(sub.join(&hex)) {
+        let path = entry_path(data_dir, EntryKind::Record, key);
+        match fs::File::open(&path) {
             Ok(f) => f.sync_all()?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        dirs.insert(sub);
+        dirs.insert(
+            path.parent()
+                .expect("record paths have a parent")
+                .to_path_buf(),
+        );
     }
     for d in dirs {
         match sync_dir(&d) {
@@ -249,13 +252,12 @@ impl Journal {
                 seen(&e);
                 replayed += 1;
                 let part = format!("replay.{replayed}");
-                touched.insert(match &e {
-                    Entry::Write(k, _) | Entry::Delete(k) => *k,
-                });
-                match &e {
-                    Entry::Write(k, b) => put_record_file(data_dir, &part, k, Some(b))?,
-                    Entry::Delete(k) => put_record_file(data_dir, &part, k, None)?,
-                }
+                let (key, bytes) = match &e {
+                    Entry::Write(k, b) => (k, Some(&b[..])),
+                    Entry::Delete(k) => (k, None),
+                };
+                touched.insert(*key);
+                put_record_file(data_dir, &part, key, bytes)?;
             }
         }
         if !gens.is_empty() {
@@ -470,8 +472,7 @@ mod tests {
     }
 
     fn record_file(dir: &Path, k: &Id) -> PathBuf {
-        let hex = k.to_hex();
-        dir.join("records").join(&hex[..2]).join(hex)
+        entry_path(dir, EntryKind::Record, k)
     }
 
     #[test]

@@ -269,12 +269,7 @@ impl Store {
     }
 
     fn path_of(&self, kind: EntryKind, key: &Id) -> PathBuf {
-        let hex = key.to_hex();
-        let top = match kind {
-            EntryKind::Chunk => "chunks",
-            EntryKind::Record => "records",
-        };
-        self.dir.join(top).join(&hex[..2]).join(hex)
+        entry_path(&self.dir, kind, key)
     }
 
     /// Writes `bytes` to `path` atomically and durably; with `mtime`, the file carries
@@ -794,6 +789,16 @@ impl Store {
     }
 }
 
+/// Where a data dir keeps a chunk's or a record's file.
+fn entry_path(dir: &Path, kind: EntryKind, key: &Id) -> PathBuf {
+    let hex = key.to_hex();
+    let top = match kind {
+        EntryKind::Chunk => "chunks",
+        EntryKind::Record => "records",
+    };
+    dir.join(top).join(&hex[..2]).join(hex)
+}
+
 /// Reads a record file: `Ok(None)` when its checksum or body is bad.
 fn read_record_file(path: &Path) -> std::io::Result<Option<(u64, Record)>> {
     Ok(parse_record(&fs::read(path)?))
@@ -941,7 +946,7 @@ mod tests {
         }
     }
 
-    /// Record files are put in place without a sync; the journal makes the write
+    /// Record files are written only at a checkpoint; the journal makes the write
     /// durable. A power loss that takes every record file written since the last
     /// checkpoint (the worst it can do to them) loses no acknowledged write, and a
     /// delete stays a delete.
