@@ -453,6 +453,11 @@ impl Journal {
         Ok(())
     }
 
+    /// True while a checkpoint runs on its thread.
+    pub fn checkpoint_running(&self) -> bool {
+        self.checkpointing.load(Ordering::Acquire)
+    }
+
     /// Bytes in the current journal file.
     pub fn len(&self) -> u64 {
         self.tail.lock().expect("journal lock").len

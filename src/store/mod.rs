@@ -1016,7 +1016,20 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
+        // A process that stops ends its checkpoint thread with it; here the thread
+        // outlives the store, so let it finish before the data dir is opened again.
+        let journal = store.journal.clone().unwrap();
         drop(store);
+        for _ in 0..1000 {
+            if !journal.checkpoint_running() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !journal.checkpoint_running(),
+            "checkpoint still running after 10 s"
+        );
         let store = Store::open_with(dir.path(), 8 * 1024).unwrap();
         for w in 0..8u64 {
             for i in 0..40u64 {
