@@ -61,6 +61,21 @@ impl Node {
                             detail: "the ring named no successor but this node".into(),
                         });
                     };
+                    // The successor's own view, before this node commits to it: its
+                    // neighbours are where this node looks if the successor goes, and
+                    // the peers it counts as possibly live are this node's too. A join
+                    // that cannot get it fails and is retried: a newcomer that knew
+                    // only the node it joined through was left alone for good when
+                    // that node crashed a moment later (simulation seed 3159: the
+                    // member, cut off after a partition, answered as a ring of one).
+                    let st = match self
+                        .net
+                        .call(&first.addr, Request::GetState, timeout)
+                        .await?
+                    {
+                        Response::State(st) => st,
+                        other => return Err(RpcError::unexpected(&first.addr, &other)),
+                    };
                     self.routing
                         .write()
                         .expect("routing lock")
@@ -70,18 +85,15 @@ impl Node {
                     // its ring (simulation seed 964: a node left alone with nobody to ask).
                     self.note_seen(&path);
                     self.note_seen(&list);
-                    // The peers the successor counts as possibly live are this node's
-                    // too: a node that joins the small side of a split must not take it
-                    // for the whole ring and acknowledge writes with fewer than R
-                    // copies (simulation seed 4297: a newcomer and the one node it
-                    // joined through acknowledged a record version that the other
-                    // side also wrote).
-                    if let Ok(Response::State(st)) =
-                        self.net.call(&first.addr, Request::GetState, timeout).await
-                    {
-                        for p in st.lost.iter().take(super::reconcile::LOST_MAX) {
-                            self.note_lost(p);
-                        }
+                    self.note_seen(&st.successors);
+                    self.note_seen(st.predecessor.as_slice());
+                    // A node that joins the small side of a split must not take it for
+                    // the whole ring and acknowledge writes with fewer than R copies
+                    // (simulation seed 4297: a newcomer and the one node it joined
+                    // through acknowledged a record version that the other side also
+                    // wrote).
+                    for p in st.lost.iter().take(super::reconcile::LOST_MAX) {
+                        self.note_lost(p);
                     }
                     self.stabilize().await;
                     return Ok(());
