@@ -883,6 +883,110 @@ mod tests {
         });
     }
 
+    /// A replica holding the copy of a write that may still fail does not spread it by
+    /// repair: the take-back reaches only the copies the write itself made, so a repair
+    /// copy made meanwhile would outlive it, and a version nobody acknowledged would
+    /// then stand in the ring (simulation seed 7399: it later won over an acknowledged
+    /// write of the same version). Once the write can no longer be taken back, the copy
+    /// spreads as any other.
+    #[test]
+    fn a_copy_of_a_write_in_flight_is_not_spread_before_it_can_be_taken_back() {
+        in_simulated_time(async {
+            let (mut cl, net) = settled_ring(13, 5).await;
+            let key = Id::hash(b"write in flight");
+            let some = cl.nodes[0].node.clone().expect("live");
+            let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+            let primary = holders[0].addr.clone();
+            let replica = holders[1].addr.clone();
+            let client = net.endpoint("client");
+            let t = Duration::from_secs(2);
+            let first = client
+                .call(
+                    &primary,
+                    Request::CasRecord {
+                        key,
+                        expect: 0,
+                        record: make_record(1),
+                    },
+                    t,
+                )
+                .await
+                .expect("answer");
+            assert!(matches!(first, Response::Stored { copies: 3 }), "{first:?}");
+            let index = |addr: &str| cl.nodes.iter().position(|n| n.addr == addr).expect("node");
+            // The record's version on each of its R holders, then on every node.
+            let versions = || -> Vec<u64> {
+                holders[..REPLICAS]
+                    .iter()
+                    .map(|h| cl.nodes[index(&h.addr)].store.record_version(&key))
+                    .collect()
+            };
+            let everywhere = || -> Vec<u64> {
+                cl.nodes
+                    .iter()
+                    .map(|n| n.store.record_version(&key))
+                    .collect()
+            };
+
+            // A primary's write of version 2 reaches one replica; the replica's repair
+            // pass runs before the write fails and is taken back.
+            let copy = |write: u64, tag: u64| Request::PutRecordCopy {
+                key,
+                version: 2,
+                record: make_record(tag),
+                write,
+            };
+            let stored = client.call(&replica, copy(77, 2), t).await.expect("answer");
+            assert!(matches!(stored, Response::Ok), "{stored:?}");
+            let node = cl.nodes[index(&replica)].node.clone().expect("live");
+            node.repair_pass(false).await.expect("repair pass");
+            let undo = Request::RevertRecordCopy {
+                key,
+                version: 2,
+                write: 77,
+                previous: Some((1, make_record(1))),
+            };
+            let undone = client.call(&replica, undo, t).await.expect("answer");
+            assert!(matches!(undone, Response::Ok), "{undone:?}");
+            assert!(
+                everywhere().iter().all(|&v| v <= 1),
+                "a copy of the failed write outlived its take-back: {:?}",
+                everywhere()
+            );
+            let second = client
+                .call(
+                    &primary,
+                    Request::CasRecord {
+                        key,
+                        expect: 1,
+                        record: make_record(3),
+                    },
+                    t,
+                )
+                .await
+                .expect("answer");
+            assert!(
+                matches!(second, Response::Stored { copies: 3 }),
+                "{second:?}"
+            );
+
+            // A copy whose write was not taken back spreads once the hold is over.
+            let other = Request::PutRecordCopy {
+                key,
+                version: 3,
+                record: make_record(5),
+                write: 101,
+            };
+            let stored = client.call(&replica, other, t).await.expect("answer");
+            assert!(matches!(stored, Response::Ok), "{stored:?}");
+            let hold = node.cfg.rpc_timeout * 4;
+            tokio::time::sleep(hold + Duration::from_millis(10)).await;
+            node.repair_pass(false).await.expect("repair pass");
+            assert_eq!(versions(), vec![3, 3, 3], "the settled copy spread");
+            cl.stop_all();
+        });
+    }
+
     /// A copy outside its key's range is dropped only when the rightful holders keep
     /// theirs; holders that are themselves handing the key off (each took the other
     /// group for the holders, as views of a healing ring can) do not count. Without
