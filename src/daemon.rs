@@ -9,6 +9,14 @@ use serde::Serialize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// How long a node started with `--join` keeps trying to join. The member it joins
+/// through may itself be starting; a node restarted on its old address may find its old
+/// neighbours still listing the dead incarnation (a lookup then names no successor but
+/// itself) until their next few stabilize rounds.
+pub const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+/// Bound on the join attempts within [`JOIN_PATIENCE`].
+const JOIN_ATTEMPTS_MAX: u32 = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot listen on {addr}: {source}")]
@@ -114,27 +122,7 @@ pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
     }
 
     if let Some(via) = &opts.join {
-        let mut last = None;
-        // The member we join through may itself be starting: retry for a few seconds.
-        for _ in 0..20 {
-            match node.join(via).await {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => {
-                    last = Some(e);
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-            }
-        }
-        if let Some(source) = last {
-            node.shutdown.cancel();
-            return Err(DaemonError::Join {
-                via: via.clone(),
-                source,
-            });
-        }
+        join_patiently(&node, via).await?;
     }
     tasks.push(tokio::spawn(node.clone().run_maintenance()));
     tasks.push(tokio::spawn(node.clone().run_repair()));
@@ -176,5 +164,38 @@ impl Running {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
         }
         let _ = std::fs::remove_file(self.node.cfg.data_dir.join("node.json"));
+    }
+}
+
+/// Joins through `via`, retrying with pauses from 250 ms doubling to 2 s for up to
+/// [`JOIN_PATIENCE`]; each failure is logged. A refusal of this node's credentials
+/// ends it at once: no retry will change the secret.
+async fn join_patiently(node: &Node, via: &str) -> Result<(), DaemonError> {
+    use std::time::Duration;
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err = match node.join(via).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let hopeless = matches!(err, net::RpcError::Auth { .. })
+            || attempt >= JOIN_ATTEMPTS_MAX
+            || started.elapsed() + pause > JOIN_PATIENCE;
+        if hopeless {
+            node.shutdown.cancel();
+            return Err(DaemonError::Join {
+                via: via.to_string(),
+                source: err,
+            });
+        }
+        tracing::warn!(
+            "join through {via} failed (attempt {attempt}): {err}; retrying in {} ms",
+            pause.as_millis()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
