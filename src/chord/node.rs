@@ -122,7 +122,7 @@ pub struct Node {
     /// Record copies stored here lately for a primary's write: key -> (version, write
     /// id), so a `RevertRecordCopy` undoes that write's copy and no other.
     pub record_writes: moka::sync::Cache<Id, (u64, u64)>,
-    /// Record copies stored here by a write that may still be taken back, and until when
+    /// Records written here by a write that may still be taken back, and until when
     /// repair leaves them unspread (see [`Node::hold_unsettled_write`]).
     // Never held across an await: one map operation at a time.
     pub unsettled_writes: Mutex<HashMap<Id, tokio::time::Instant>>,
@@ -553,6 +553,7 @@ impl Node {
         // The stripe stays locked until the replicas have answered: no other write to
         // this record can send them a different body under the same version.
         let _guard = self.store.lock_record(&key).await;
+        self.hold_unsettled_write(key);
         let current = self.store.record_version(&key);
         // Shared, not copied: it is only needed again if the write is taken back.
         let held = match self.store.get_record_shared(key).await {
@@ -825,17 +826,14 @@ impl Node {
         live
     }
 
-    /// Keeps repair from spreading the record copy of `key` that a primary's write just
-    /// stored here, for a while: that write may still fail and be taken back, and the
-    /// take-back reaches only the copies the write made. A repair copy made meanwhile
-    /// carries no write id and stays, and an acknowledged write of the same version
-    /// later lost to it (simulation seed 7399: a replica's repair pass pushed a failed
-    /// write's copy to a third node just before the take-back). The hold covers the
-    /// primary's wait for its copies and its take-back, each at most one RPC timeout,
-    /// and their messages in flight. (The primary itself needs no hold: its repair
-    /// reads a record under the record's lock, which a write keeps until it is
-    /// acknowledged or taken back. Holding there too kept records that are written
-    /// often from ever being pushed, and new holders wrote over versions they lacked.)
+    /// Keeps repair from spreading the record of `key` held here for a while: it was
+    /// just written by a primary's write that may still fail and be taken back, and the
+    /// take-back reaches only the copies that write made. A repair copy of it made
+    /// meanwhile carries no write id and stays, and an acknowledged write of the same
+    /// version later lost to it (simulation seed 7399: a replica's repair pass pushed
+    /// a failed write's copy to a third node just before the take-back). The hold
+    /// covers the primary's wait for its copies and its take-back, each at most one
+    /// RPC timeout, and their messages in flight.
     pub(super) fn hold_unsettled_write(&self, key: Id) {
         let until = tokio::time::Instant::now() + self.cfg.rpc_timeout * 4;
         self.unsettled_writes

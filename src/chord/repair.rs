@@ -304,25 +304,15 @@ impl Node {
                 },
                 _ => return false,
             },
-            // Read under the record's lock: a write in flight here (as its primary)
-            // ends, acknowledged or taken back, before its version can be spread.
-            EntryKind::Record => {
-                let guard = self.store.lock_record(key).await;
-                if self.write_unsettled(key) {
-                    return false;
-                }
-                let held = self.store.get_record(*key).await;
-                drop(guard);
-                match held {
-                    Ok(Some((version, record))) => Request::PutRecordCopy {
-                        key: *key,
-                        version,
-                        record,
-                        write: 0,
-                    },
-                    _ => return false,
-                }
-            }
+            EntryKind::Record => match self.store.get_record(*key).await {
+                Ok(Some((version, record))) => Request::PutRecordCopy {
+                    key: *key,
+                    version,
+                    record,
+                    write: 0,
+                },
+                _ => return false,
+            },
         };
         match self.call(peer, req).await {
             Ok(Response::Ok) | Ok(Response::Stored { .. }) => {
