@@ -122,10 +122,6 @@ pub struct Node {
     /// Record copies stored here lately for a primary's write: key -> (version, write
     /// id), so a `RevertRecordCopy` undoes that write's copy and no other.
     pub record_writes: moka::sync::Cache<Id, (u64, u64)>,
-    /// Records written here by a write that may still be taken back, and until when
-    /// repair leaves them unspread (see [`Node::hold_unsettled_write`]).
-    // Never held across an await: one map operation at a time.
-    pub unsettled_writes: Mutex<HashMap<Id, tokio::time::Instant>>,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -183,7 +179,6 @@ impl Node {
                 .max_capacity(65_536)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
-            unsettled_writes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -553,7 +548,6 @@ impl Node {
         // The stripe stays locked until the replicas have answered: no other write to
         // this record can send them a different body under the same version.
         let _guard = self.store.lock_record(&key).await;
-        self.hold_unsettled_write(key);
         let current = self.store.record_version(&key);
         // Shared, not copied: it is only needed again if the write is taken back.
         let held = match self.store.get_record_shared(key).await {
@@ -826,37 +820,6 @@ impl Node {
         live
     }
 
-    /// Keeps repair from spreading the record of `key` held here for a while: it was
-    /// just written by a primary's write that may still fail and be taken back, and the
-    /// take-back reaches only the copies that write made. A repair copy of it made
-    /// meanwhile carries no write id and stays, and an acknowledged write of the same
-    /// version later lost to it (simulation seed 7399: a replica's repair pass pushed
-    /// a failed write's copy to a third node just before the take-back). The hold
-    /// covers the primary's wait for its copies and its take-back, each at most one
-    /// RPC timeout, and their messages in flight.
-    pub(super) fn hold_unsettled_write(&self, key: Id) {
-        let until = tokio::time::Instant::now() + self.cfg.rpc_timeout * 4;
-        self.unsettled_writes
-            .lock()
-            .expect("unsettled writes lock")
-            .insert(key, until);
-    }
-
-    /// Whether the record of `key` held here may still be taken back (see
-    /// [`Node::hold_unsettled_write`]).
-    pub(super) fn write_unsettled(&self, key: &Id) -> bool {
-        let now = tokio::time::Instant::now();
-        let mut held = self.unsettled_writes.lock().expect("unsettled writes lock");
-        match held.get(key) {
-            Some(until) if *until > now => true,
-            Some(_) => {
-                held.remove(key);
-                false
-            }
-            None => false,
-        }
-    }
-
     /// A replica's side of [`Node::revert_record`].
     async fn revert_record_copy(
         &self,
@@ -1036,7 +999,6 @@ impl Node {
                 // earlier attempt's copy adopts it), or to none (repair).
                 let adopt = || {
                     if write != 0 {
-                        self.hold_unsettled_write(key);
                         self.record_writes.insert(key, (version, write));
                     } else {
                         self.record_writes.invalidate(&key);

@@ -90,11 +90,6 @@ impl Node {
             .lock()
             .expect("handing_off lock")
             .retain(|k| self.store.meta(k).is_some());
-        let now = tokio::time::Instant::now();
-        self.unsettled_writes
-            .lock()
-            .expect("unsettled writes lock")
-            .retain(|_, until| *until > now);
         self.update_repair(|s| {
             s.running = true;
             s.keys_total = keys.len() as u64;
@@ -194,11 +189,6 @@ impl Node {
                 }
             }
         }
-        // Records a write here may still take back are neither spread nor dropped yet.
-        let unsettled_write: Vec<bool> = group
-            .iter()
-            .map(|(key, meta)| meta.kind == EntryKind::Record && self.write_unsettled(key))
-            .collect();
         // confirmed[k] = how many other rightful holders keep key k at our version or newer.
         let mut confirmed = vec![0usize; group.len()];
         for peer in &others {
@@ -212,7 +202,6 @@ impl Node {
                 for (n, ((key, meta), theirs)) in batch.iter().zip(held).enumerate() {
                     let ok = match theirs {
                         Held::Kept(v) if v >= meta.version => true,
-                        _ if unsettled_write[base + n] => false,
                         // The peer has it but is handing it off: no copy to count on,
                         // and none to send.
                         Held::Stray(v) if v >= meta.version => false,
@@ -238,18 +227,13 @@ impl Node {
         // copies lets such views delete every copy, one node after another: keep ours
         // unless R others have it (or this node is leaving anyway).
         let may_drop = needed > 0 && (leaving || needed >= self.cfg.replicas);
-        for (((key, meta), c), unsettled_write) in group.iter().zip(confirmed).zip(unsettled_write)
-        {
+        for ((key, meta), c) in group.iter().zip(confirmed) {
             let copies = c + usize::from(keep_here);
             if copies < self.cfg.replicas.min(holders.len()) {
                 under += 1;
             }
             if keep_here {
                 self.strays.lock().expect("strays lock").remove(key);
-                continue;
-            }
-            if unsettled_write {
-                unsettled += 1;
                 continue;
             }
             if may_drop && c >= needed {
