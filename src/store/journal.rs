@@ -24,7 +24,7 @@
 //! synced before the journal either: after a power loss a deleted record may come back,
 //! as a copy that repair or garbage collection handle like any stray one.
 
-use super::{entry_path, EntryKind};
+use super::{entry_path, sync_dir, EntryKind};
 use crate::id::Id;
 use std::collections::HashMap;
 use std::fs;
@@ -202,10 +202,6 @@ fn sync_record_files(data_dir: &Path, keys: &std::collections::HashSet<Id>) -> s
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }
 
 /// Flushes the whole filesystem holding `dir` to disk.
@@ -555,10 +551,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path(), u64::MAX, |_| {}).unwrap();
         j.checkpoint_if_older(Duration::ZERO);
-        assert!(!j.checkpointing.load(Ordering::Acquire), "nothing to do");
+        assert!(!j.checkpoint_running(), "nothing to do");
         j.append(Entry::Write(key(5), b"e".to_vec()), true).unwrap();
         j.checkpoint_if_older(Duration::from_secs(3600));
-        assert!(!j.checkpointing.load(Ordering::Acquire), "not due yet");
+        assert!(!j.checkpoint_running(), "not due yet");
         j.checkpoint_if_older(Duration::ZERO);
         for _ in 0..500 {
             if j.lookup(&key(5)).is_none() {
@@ -592,12 +588,12 @@ mod tests {
         }
         // Let a checkpoint still running finish (bounded wait).
         for _ in 0..500 {
-            if !j.checkpointing.load(Ordering::Acquire) {
+            if !j.checkpoint_running() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(!j.checkpointing.load(Ordering::Acquire));
+        assert!(!j.checkpoint_running());
         // The journals the writers filled are retired; what follows a checkpoint replays.
         j.checkpoint().unwrap();
         j.append(Entry::Delete(key(9)), true).unwrap();

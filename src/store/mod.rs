@@ -309,9 +309,7 @@ impl Store {
                 drop_cached_pages(&f);
             }
             fs::rename(&tmp, path).map_err(io_err(path))?;
-            fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err(parent))
+            sync_dir(parent).map_err(io_err(parent))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -787,6 +785,11 @@ impl Store {
         self.recent.insert(key, record);
         Ok(())
     }
+}
+
+/// Makes a directory's entries (a rename into it, a new file) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 /// Where a data dir keeps a chunk's or a record's file.
