@@ -416,6 +416,7 @@ impl Node {
             if self.leaving.load(std::sync::atomic::Ordering::Acquire) {
                 return;
             }
+            self.retry_take_backs().await;
             if let Err(e) = self.repair_pass(false).await {
                 tracing::warn!("repair pass failed: {e}");
             }

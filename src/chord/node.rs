@@ -4,7 +4,9 @@ use super::repair::RepairStatus;
 use super::routing::{Routing, Step};
 use crate::id::Id;
 use crate::net::{RpcError, Transport};
-use crate::proto::{ErrorKind, Held, NodeState, NodeStats, Peer, Record, Request, Response};
+use crate::proto::{
+    ErrorKind, Held, NodeState, NodeStats, Peer, Record, Request, Response, WriteFate,
+};
 use crate::store::{self, Store};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -119,9 +121,47 @@ pub struct Node {
     /// Peers that announced their leave lately, and when (see `note_departed`).
     // Never held across an await: one update at a time.
     pub departed: Mutex<Vec<(Id, tokio::time::Instant)>>,
-    /// Record copies stored here lately for a primary's write: key -> (version, write
-    /// id), so a `RevertRecordCopy` undoes that write's copy and no other.
-    pub record_writes: moka::sync::Cache<Id, (u64, u64)>,
+    /// Record copies stored here lately for a primary's write, whose outcome this node
+    /// does not know yet: a `RevertRecordCopy` undoes that write's copy and no other,
+    /// and repair asks the primary how the write ended before it spreads the copy.
+    pub record_writes: moka::sync::Cache<Id, CopyMark>,
+    /// How this node's own record writes as primary ended, by (key, write id), for
+    /// replicas that ask before spreading their copy (`Request::WriteFate`).
+    pub write_fates: moka::sync::Cache<(Id, u64), WriteFate>,
+    /// Primaries that did not answer a `WriteFate` lately, and until when they are not
+    /// asked again (one repair interval): a dead primary costs a pass one timeout, not
+    /// one per copy it wrote.
+    // Never held across an await: one map operation at a time. (Tokio's clock, not
+    // moka's: it must follow the simulation's paused time.)
+    pub silent_primaries: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Take-backs of failed record writes that a replica has not confirmed yet, with
+    /// the time they were first sent: resent before each repair pass until confirmed
+    /// or [`TAKE_BACK_PATIENCE`] runs out (see `retry_take_backs`).
+    // Never held across an await: taken out, then put back.
+    pub pending_take_backs: Mutex<Vec<PendingTakeBack>>,
+}
+
+/// How long a take-back that a replica has not confirmed is retried.
+pub const TAKE_BACK_PATIENCE: Duration = Duration::from_secs(60);
+/// At most this many unconfirmed take-backs are kept; the oldest go first.
+pub const TAKE_BACKS_PENDING_MAX: usize = 4096;
+
+/// A record copy stored here by a primary's write (see `Node::record_writes`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CopyMark {
+    pub version: u64,
+    pub write: u64,
+    /// The primary's address, to ask how the write ended.
+    pub primary: String,
+    pub since: tokio::time::Instant,
+}
+
+/// A `RevertRecordCopy` still to be confirmed by `peer`.
+#[derive(Clone, Debug)]
+pub struct PendingTakeBack {
+    pub peer: Peer,
+    pub request: Request,
+    pub since: tokio::time::Instant,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -179,6 +219,12 @@ impl Node {
                 .max_capacity(65_536)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            write_fates: moka::sync::Cache::builder()
+                .max_capacity(65_536)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+            silent_primaries: Mutex::new(HashMap::new()),
+            pending_take_backs: Mutex::new(Vec::new()),
         })
     }
 
@@ -457,6 +503,8 @@ impl Node {
                 Some(c) => c.0 == v && Some(c) == local.as_ref(),
             };
             if replace {
+                // No longer the copy some primary's write stored here.
+                self.record_writes.invalidate(&key);
                 let _ = self.store.write_record(key, v, rec).await;
             }
         }
@@ -574,6 +622,7 @@ impl Node {
                 version,
                 record: new.1.clone(),
                 write,
+                primary: self.me.addr.clone(),
             }),
             self.primacy_doubt(&key)
         );
@@ -627,6 +676,8 @@ impl Node {
             });
         }
         self.note_short_write(&key, copies);
+        self.write_fates
+            .insert((key, write), WriteFate::Acknowledged);
         Ok((version, copies as u32, out))
     }
 
@@ -643,6 +694,12 @@ impl Node {
         local_written: bool,
         sent: Replicated,
     ) {
+        self.write_fates.insert(
+            (key, write),
+            WriteFate::TakenBack {
+                previous: previous.clone(),
+            },
+        );
         if local_written {
             if let Err(e) = self.restore_record(key, previous.clone()).await {
                 tracing::warn!("could not take back failed write of {key} v{version}: {e}");
@@ -664,14 +721,71 @@ impl Node {
             .map(|p| (p, self.cfg.rpc_timeout))
             .chain(sent.missed.iter().map(|p| (p, short)))
             .map(|(p, t)| async move { (p, self.net.call(&p.addr, undo(), t).await) });
+        let mut unconfirmed = Vec::new();
         for (p, res) in futures::future::join_all(calls).await {
             if !matches!(res, Ok(Response::Ok)) {
                 tracing::debug!(
                     "replica {} did not take back {key} v{version}: {res:?}",
                     p.addr
                 );
+                unconfirmed.push(p.clone());
             }
         }
+        // One try is not enough under loss: a copy left in place may be spread by the
+        // replica's repair once it becomes a holder, and win over an acknowledged write
+        // of the same version (CHORDFS_SIM_SEED=18408: the take-back was lost, the
+        // replica later pushed the failed body to two new holders).
+        if !unconfirmed.is_empty() {
+            let since = tokio::time::Instant::now();
+            let mut pending = self.pending_take_backs.lock().expect("take-backs lock");
+            for peer in unconfirmed {
+                pending.push(PendingTakeBack {
+                    peer,
+                    request: undo(),
+                    since,
+                });
+            }
+            let over = pending.len().saturating_sub(TAKE_BACKS_PENDING_MAX);
+            pending.drain(..over);
+        }
+    }
+
+    /// Resends the take-backs that replicas have not confirmed (see `revert_record`),
+    /// dropping those confirmed now or older than [`TAKE_BACK_PATIENCE`]. A take-back
+    /// is harmless to repeat: a replica undoes only the copy that very write stored,
+    /// and only while it still holds it.
+    pub async fn retry_take_backs(&self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<PendingTakeBack> = {
+            let mut pending = self.pending_take_backs.lock().expect("take-backs lock");
+            pending.retain(|t| now.duration_since(t.since) < TAKE_BACK_PATIENCE);
+            std::mem::take(&mut *pending)
+        };
+        if due.is_empty() {
+            return;
+        }
+        let calls = due.into_iter().map(|t| async move {
+            let res = self
+                .net
+                .call(&t.peer.addr, t.request.clone(), self.cfg.rpc_timeout)
+                .await;
+            (t, res)
+        });
+        let mut still = Vec::new();
+        for (t, res) in futures::future::join_all(calls).await {
+            match res {
+                Ok(Response::Ok) => {}
+                _ => still.push(t),
+            }
+        }
+        if still.is_empty() {
+            return;
+        }
+        let mut pending = self.pending_take_backs.lock().expect("take-backs lock");
+        still.append(&mut pending);
+        *pending = still;
+        let over = pending.len().saturating_sub(TAKE_BACKS_PENDING_MAX);
+        pending.drain(..over);
     }
 
     /// Checks, with this node's neighbours, that it may act as the primary of `key`
@@ -821,7 +935,7 @@ impl Node {
     }
 
     /// A replica's side of [`Node::revert_record`].
-    async fn revert_record_copy(
+    pub(super) async fn revert_record_copy(
         &self,
         key: Id,
         version: u64,
@@ -829,9 +943,11 @@ impl Node {
         previous: Option<(u64, Record)>,
     ) -> Response {
         let _guard = self.store.lock_record(&key).await;
-        if self.store.record_version(&key) != version
-            || self.record_writes.get(&key) != Some((version, write))
-        {
+        let marked = self
+            .record_writes
+            .get(&key)
+            .is_some_and(|m| m.version == version && m.write == write);
+        if self.store.record_version(&key) != version || !marked {
             return Response::Ok;
         }
         self.record_writes.invalidate(&key);
@@ -839,6 +955,21 @@ impl Node {
             Ok(()) => Response::Ok,
             Err(e) => store_error(e),
         }
+    }
+
+    /// How this node's write `write` of `key` ended. A write still in flight holds the
+    /// record's lock: it is given half a timeout to end, so the asker hears back in time
+    /// (as `Unknown`, asking again later, if it has not ended by then).
+    async fn write_fate(&self, key: Id, write: u64) -> Response {
+        if let Some(fate) = self.write_fates.get(&(key, write)) {
+            return Response::Fate(fate);
+        }
+        let wait = self.cfg.rpc_timeout / 2;
+        let fate = match tokio::time::timeout(wait, self.store.lock_record(&key)).await {
+            Ok(_guard) => self.write_fates.get(&(key, write)),
+            Err(_) => None,
+        };
+        Response::Fate(fate.unwrap_or(WriteFate::Unknown))
     }
 
     /// Puts back the record a taken-back write replaced (none: removes the key). The
@@ -979,6 +1110,7 @@ impl Node {
                 version,
                 record,
                 write,
+                primary,
             } => {
                 let _guard = self.store.lock_record(&key).await;
                 let current = self.store.record_version(&key);
@@ -999,7 +1131,15 @@ impl Node {
                 // earlier attempt's copy adopts it), or to none (repair).
                 let adopt = || {
                     if write != 0 {
-                        self.record_writes.insert(key, (version, write));
+                        self.record_writes.insert(
+                            key,
+                            CopyMark {
+                                version,
+                                write,
+                                primary,
+                                since: tokio::time::Instant::now(),
+                            },
+                        );
                     } else {
                         self.record_writes.invalidate(&key);
                     }
@@ -1025,6 +1165,7 @@ impl Node {
                 write,
                 previous,
             } => self.revert_record_copy(key, version, write, previous).await,
+            Request::WriteFate { key, write } => self.write_fate(key, write).await,
             Request::GetRecord { key, pull } => {
                 if pull && !self.is_primary(&key) {
                     // Not an authoritative "absent": the caller's view is stale.

@@ -10,12 +10,16 @@
 use super::node::Node;
 use crate::id::Id;
 use crate::net::RpcError;
-use crate::proto::{Held, Peer, Request, Response, KEYS_MAX};
+use crate::proto::{Held, Peer, Request, Response, WriteFate, KEYS_MAX};
 use crate::store::{EntryKind, Meta};
 use serde::Serialize;
 use std::time::Duration;
 // Tokio's clock, so the throttle follows paused (simulated) time in tests.
 use tokio::time::Instant;
+
+/// How many RPC timeouts a record copy of a write whose outcome is unknown (its
+/// primary silent, or restarted) is held back from repair (see `copy_may_travel`).
+const COPY_FATE_PATIENCE: u32 = 10;
 
 /// What repair is doing, for the sidecar.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -208,10 +212,12 @@ impl Node {
                         // Missing or older: give it ours. A stray holder updated so
                         // still does not count.
                         Held::Stray(_) => {
-                            self.push(peer, key, meta, throttle).await;
+                            self.push(peer, key, meta, leaving, throttle).await;
                             false
                         }
-                        Held::Kept(_) | Held::No => self.push(peer, key, meta, throttle).await,
+                        Held::Kept(_) | Held::No => {
+                            self.push(peer, key, meta, leaving, throttle).await
+                        }
                     };
                     if ok {
                         confirmed[base + n] += 1;
@@ -272,8 +278,88 @@ impl Node {
         now.duration_since(since) >= hold
     }
 
+    /// Whether this node's copy of record `key` may travel. A copy that a primary's
+    /// write stored here, whose outcome this node has not learnt, may belong to a
+    /// write that failed: spread by repair, it could later win over an acknowledged
+    /// write of the same version (CHORDFS_SIM_SEED=7399: a replica pushed such a copy
+    /// to a third node before the take-back arrived; 18408: the take-back was lost).
+    /// So the primary is asked first; a write it took back is undone here instead.
+    /// A primary that does not answer, or forgot, holds the copy back for a while
+    /// only (it may be gone for good, and the copy may be the acknowledged one); a
+    /// leaving node does not wait.
+    async fn copy_may_travel(&self, key: Id, leaving: bool) -> bool {
+        let Some(mark) = self.record_writes.get(&key) else {
+            return true;
+        };
+        if mark.primary.is_empty()
+            || mark.primary == self.me.addr
+            || self.store.record_version(&key) != mark.version
+        {
+            return true;
+        }
+        let patient =
+            || leaving || mark.since.elapsed() >= self.cfg.rpc_timeout * COPY_FATE_PATIENCE;
+        let now = Instant::now();
+        let silent = self
+            .silent_primaries
+            .lock()
+            .expect("silent primaries lock")
+            .get(&mark.primary)
+            .is_some_and(|until| *until > now);
+        if silent {
+            return patient();
+        }
+        let asked = self
+            .net
+            .call(
+                &mark.primary,
+                Request::WriteFate {
+                    key,
+                    write: mark.write,
+                },
+                self.cfg.rpc_timeout,
+            )
+            .await;
+        if asked.is_err() {
+            let mut silent = self.silent_primaries.lock().expect("silent primaries lock");
+            silent.retain(|_, until| *until > now);
+            silent.insert(mark.primary.clone(), now + self.cfg.repair_every);
+        }
+        match asked {
+            Ok(Response::Fate(WriteFate::Acknowledged)) => {
+                let _guard = self.store.lock_record(&key).await;
+                if self.record_writes.get(&key).as_ref() == Some(&mark) {
+                    self.record_writes.invalidate(&key);
+                }
+                true
+            }
+            Ok(Response::Fate(WriteFate::TakenBack { previous })) => {
+                let undone = self
+                    .revert_record_copy(key, mark.version, mark.write, previous)
+                    .await;
+                tracing::debug!(
+                    "{}: a copy of a write taken back by {}, undone here: {undone:?}",
+                    key.short(),
+                    mark.primary
+                );
+                false
+            }
+            _ => patient(),
+        }
+    }
+
     /// Gives `peer` this node's copy of `key`. False when it could not.
-    async fn push(&self, peer: &Peer, key: &Id, meta: &Meta, throttle: &mut Throttle) -> bool {
+    async fn push(
+        &self,
+        peer: &Peer,
+        key: &Id,
+        meta: &Meta,
+        leaving: bool,
+        throttle: &mut Throttle,
+    ) -> bool {
+        if meta.kind == EntryKind::Record && !self.copy_may_travel(*key, leaving).await {
+            return false;
+        }
         let req = match meta.kind {
             // The copy keeps this one's age, so that garbage collection sees an
             // unreferenced chunk as old on every holder (see gc.rs).
@@ -288,12 +374,20 @@ impl Node {
                 },
                 _ => return false,
             },
-            EntryKind::Record => match self.store.get_record(*key).await {
+            // Read under the record's lock: a write this node is making as primary holds
+            // it until the write is acknowledged or taken back, and its copy must not
+            // travel meanwhile (CHORDFS_SIM_SEED=23479: a primary's own pass pushed the
+            // copy of a write that then failed, and the copy won over an acknowledged one).
+            EntryKind::Record => match {
+                let _guard = self.store.lock_record(key).await;
+                self.store.get_record(*key).await
+            } {
                 Ok(Some((version, record))) => Request::PutRecordCopy {
                     key: *key,
                     version,
                     record,
                     write: 0,
+                    primary: String::new(),
                 },
                 _ => return false,
             },

@@ -660,7 +660,7 @@ mod tests {
     use crate::client::Client;
     use crate::id::Id;
     use crate::net::Transport;
-    use crate::proto::{Request, Response};
+    use crate::proto::{Record, Request, Response};
     use bytes::Bytes;
     use workload::make_record;
 
@@ -775,6 +775,174 @@ mod tests {
                 other => panic!("read after heal: {other:?}"),
             }
             cl.stop_all();
+        });
+    }
+
+    /// A ring of 5 where record `key` was written once (v1, acknowledged) through its
+    /// primary, then written again through it (v2) with `doom` deciding which messages
+    /// are lost; that second write must fail. Returns the ring, the network, the key,
+    /// the primary's address and its successors', in order.
+    async fn a_failed_write(
+        seed: u64,
+        doom: impl FnOnce(&SimNet, &str, &[String]),
+    ) -> (Cluster, Arc<SimNet>, Id, String, Vec<String>) {
+        let (cl, net) = settled_ring(seed, 5).await;
+        let key = Id::hash(b"failed write test");
+        let some = cl.nodes[0].node.clone().expect("live");
+        let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+        let primary = holders[0].addr.clone();
+        let node = cl
+            .nodes
+            .iter()
+            .find(|n| n.addr == primary)
+            .and_then(|n| n.node.clone())
+            .expect("primary live");
+        let succs: Vec<String> = node.replica_targets().into_iter().map(|p| p.addr).collect();
+        let client = net.endpoint("client");
+        let cas = |expect: u64, tag: u64| {
+            client.call(
+                &primary,
+                Request::CasRecord {
+                    key,
+                    expect,
+                    record: make_record(tag),
+                },
+                Duration::from_secs(5),
+            )
+        };
+        let first = cas(0, 1).await;
+        assert!(
+            matches!(first, Ok(Response::Stored { copies: 3 })),
+            "{first:?}"
+        );
+        doom(&net, &primary, &succs);
+        let failed = cas(1, 2).await;
+        assert!(
+            !matches!(failed, Ok(Response::Stored { .. })),
+            "the second write was to fail: {failed:?}"
+        );
+        (cl, net, key, primary, succs)
+    }
+
+    /// The version and body of `key` held by the node at `addr`, if any.
+    async fn held(cl: &Cluster, addr: &str, key: Id) -> Option<(u64, Record)> {
+        let n = cl.nodes.iter().find(|n| n.addr == addr).expect("node");
+        n.store.get_record(key).await.expect("store reads")
+    }
+
+    /// After repair has run for a while, no node holds the failed write's body, the
+    /// key's holders hold the acknowledged v1, and a read through the primary gets it.
+    async fn no_trace_of_the_failed_write(
+        mut cl: Cluster,
+        net: Arc<SimNet>,
+        key: Id,
+        primary: &str,
+    ) {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for n in &cl.nodes {
+            let copy = held(&cl, &n.addr, key).await;
+            assert!(
+                copy.as_ref().is_none_or(|c| *c == (1, make_record(1))),
+                "{} holds {:?} of the record, not the acknowledged v1",
+                n.addr,
+                copy.map(|c| c.0)
+            );
+        }
+        let some = cl.nodes[0].node.clone().expect("live");
+        let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+        for h in holders.iter().take(3) {
+            assert_eq!(
+                held(&cl, &h.addr, key).await,
+                Some((1, make_record(1))),
+                "holder {} keeps the acknowledged v1",
+                h.addr
+            );
+        }
+        let read = net
+            .endpoint("client")
+            .call(
+                primary,
+                Request::GetRecord { key, pull: true },
+                Duration::from_secs(2),
+            )
+            .await;
+        match read {
+            Ok(Response::Record { version, record }) => {
+                assert_eq!(
+                    (version, record),
+                    (1, make_record(1)),
+                    "read through {primary}"
+                )
+            }
+            other => panic!("read through {primary}: {other:?}"),
+        }
+        cl.stop_all();
+    }
+
+    /// A replica holding the copy of a write that failed, whose take-back never reaches
+    /// it, asks the primary before its repair spreads the copy, and undoes it instead.
+    /// (Before: the copy went to the other holders with the next pass; where another
+    /// write of that version was acknowledged meanwhile, it could win over it:
+    /// CHORDFS_SIM_SEED=7399 and 18408.)
+    #[test]
+    fn a_replica_asks_how_a_write_ended_before_spreading_its_copy() {
+        in_simulated_time(async {
+            let (cl, net, key, primary, succs) = a_failed_write(21, |net, p, succs| {
+                // The copy reaches the first successor only; its take-backs are lost.
+                for s in &succs[1..] {
+                    net.lose_requests("PutRecordCopy", p, s, 1);
+                }
+                net.lose_requests("RevertRecordCopy", p, &succs[0], u32::MAX);
+            })
+            .await;
+            assert!(
+                net.lost_on_purpose("RevertRecordCopy", &primary, &succs[0]) > 0,
+                "the take-back to the first successor was sent, and lost"
+            );
+            no_trace_of_the_failed_write(cl, net, key, &primary).await;
+        });
+    }
+
+    /// A take-back that is lost is sent again: here the replica cannot ask the primary
+    /// either (those questions are lost too), and would spread the copy once its
+    /// patience runs out.
+    #[test]
+    fn a_lost_take_back_is_sent_again() {
+        in_simulated_time(async {
+            let (cl, net, key, primary, succs) = a_failed_write(22, |net, p, succs| {
+                for s in &succs[1..] {
+                    net.lose_requests("PutRecordCopy", p, s, 1);
+                }
+                net.lose_requests("RevertRecordCopy", p, &succs[0], 1);
+                net.lose_requests("WriteFate", &succs[0], p, u32::MAX);
+            })
+            .await;
+            assert_eq!(
+                held(&cl, &succs[0], key).await,
+                Some((2, make_record(2))),
+                "the first successor keeps the failed write's copy (its take-back lost)"
+            );
+            no_trace_of_the_failed_write(cl, net, key, &primary).await;
+        });
+    }
+
+    /// A primary's own repair pass does not push its copy of a write still in flight:
+    /// it reads records under their lock, so it sees the write's outcome. (Before: the
+    /// pass pushed the copy to a holder while the write waited on its replicas; the
+    /// write failed, but that copy, stored by repair and so not taken back, spread:
+    /// CHORDFS_SIM_SEED=23479.)
+    #[test]
+    fn a_primary_does_not_push_its_copy_of_a_write_in_flight() {
+        in_simulated_time(async {
+            let (cl, net, key, primary, _) = a_failed_write(23, |net, p, succs| {
+                // Every copy is lost: the write waits out a timeout per batch, time
+                // for several repair passes on the primary.
+                for s in succs {
+                    net.lose_requests("PutRecordCopy", p, s, 1);
+                }
+            })
+            .await;
+            no_trace_of_the_failed_write(cl, net, key, &primary).await;
         });
     }
 

@@ -62,6 +62,10 @@ struct State {
     stats: NetStats,
     /// FNV-1a over every message's fate, for the replay check.
     hash: u64,
+    /// Requests a test wants lost: (kind, from, to, how many more).
+    doomed: Vec<(&'static str, String, String, u32)>,
+    /// How many requests those rules lost: (kind, from, to) -> count.
+    lost_on_purpose: BTreeMap<(String, String, String), u32>,
 }
 
 // Never held across an await: every access is a short decision or update.
@@ -94,6 +98,7 @@ fn about(req: &Request) -> Option<(Vec<crate::id::Id>, String)> {
         Request::RevertRecordCopy { key, version, .. } => {
             Some((vec![*key], format!("RevertRecordCopy v{version}")))
         }
+        Request::WriteFate { key, write } => Some((vec![*key], format!("WriteFate {write:x}"))),
         Request::GetRecord { key, pull } => Some((vec![*key], format!("GetRecord pull={pull}"))),
         Request::HaveKeys { keys } => Some((keys.clone(), format!("HaveKeys ({})", keys.len()))),
         Request::FindSuccessor { key, .. } => Some((vec![*key], "FindSuccessor".into())),
@@ -147,6 +152,7 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::LookupName { .. } => "LookupName",
         Request::PutRecordCopy { .. } => "PutRecordCopy",
         Request::RevertRecordCopy { .. } => "RevertRecordCopy",
+        Request::WriteFate { .. } => "WriteFate",
         Request::GetRecord { .. } => "GetRecord",
         Request::HaveKeys { .. } => "HaveKeys",
         Request::Stats => "Stats",
@@ -168,6 +174,8 @@ impl SimNet {
                 groups: BTreeMap::new(),
                 stats: NetStats::default(),
                 hash: FNV_START,
+                doomed: Vec::new(),
+                lost_on_purpose: BTreeMap::new(),
             }),
             t0: Instant::now(),
             watch: std::env::var("CHORDFS_SIM_WATCH")
@@ -222,6 +230,40 @@ impl SimNet {
         s.groups.remove(addr);
         if let Some(g) = s.groups.get(like).copied() {
             s.groups.insert(addr.to_string(), g);
+        }
+    }
+
+    /// Loses the next `count` requests of `kind` (see [`kind_of`]) from `from` to `to`,
+    /// whatever the weather: a test's way to lose one chosen message.
+    pub fn lose_requests(&self, kind: &'static str, from: &str, to: &str, count: u32) {
+        self.lock()
+            .doomed
+            .push((kind, from.to_string(), to.to_string(), count));
+    }
+
+    /// How many requests `lose_requests` has lost so far of `kind` from `from` to `to`.
+    pub fn lost_on_purpose(&self, kind: &str, from: &str, to: &str) -> u32 {
+        self.lock()
+            .lost_on_purpose
+            .get(&(kind.to_string(), from.to_string(), to.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn doomed(s: &mut State, kind: &str, from: &str, to: &str) -> bool {
+        match s
+            .doomed
+            .iter_mut()
+            .find(|(k, f, t, n)| *k == kind && f == from && t == to && *n > 0)
+        {
+            Some(rule) => {
+                rule.3 -= 1;
+                *s.lost_on_purpose
+                    .entry((kind.to_string(), from.to_string(), to.to_string()))
+                    .or_default() += 1;
+                true
+            }
+            None => false,
         }
     }
 
@@ -302,8 +344,9 @@ impl SimNet {
                 let mut guard = net.lock();
                 let s = &mut *guard;
                 let reachable = Self::reachable(s, &from2, &to2);
+                let doomed = Self::doomed(s, kind, &from2, &to2);
                 let fate: &[u8] = match s.targets.get(&to2) {
-                    _ if lose_req => {
+                    _ if lose_req || doomed => {
                         s.stats.lost += 1;
                         b"lost"
                     }
