@@ -7,7 +7,7 @@
 //! `leaving`, it hands off every key). Copy, verify, then drop: a key is never without a
 //! readable copy while it moves.
 
-use super::node::Node;
+use super::node::{CopyMark, Node};
 use crate::id::Id;
 use crate::net::RpcError;
 use crate::proto::{Held, Peer, Request, Response, WriteFate, KEYS_MAX};
@@ -287,18 +287,23 @@ impl Node {
     /// A primary that does not answer, or forgot, holds the copy back for a while
     /// only (it may be gone for good, and the copy may be the acknowledged one); a
     /// leaving node does not wait.
-    async fn copy_may_travel(&self, key: Id, leaving: bool) -> bool {
+    ///
+    /// None: the copy may not travel now. Some(mark): it may, as long as the record's
+    /// mark is still `mark` when the copy is read (no write stored another copy since).
+    async fn copy_may_travel(&self, key: Id, leaving: bool) -> Option<Option<CopyMark>> {
         let Some(mark) = self.record_writes.get(&key) else {
-            return true;
+            return Some(None);
         };
         if mark.primary.is_empty()
             || mark.primary == self.me.addr
             || self.store.record_version(&key) != mark.version
         {
-            return true;
+            return Some(Some(mark));
         }
-        let patient =
-            || leaving || mark.since.elapsed() >= self.cfg.rpc_timeout * COPY_FATE_PATIENCE;
+        let patient = || {
+            let waited = mark.since.elapsed() >= self.cfg.rpc_timeout * COPY_FATE_PATIENCE;
+            (leaving || waited).then(|| Some(mark.clone()))
+        };
         let now = Instant::now();
         let silent = self
             .silent_primaries
@@ -328,10 +333,12 @@ impl Node {
         match asked {
             Ok(Response::Fate(WriteFate::Acknowledged)) => {
                 let _guard = self.store.lock_record(&key).await;
-                if self.record_writes.get(&key).as_ref() == Some(&mark) {
+                let now = self.record_writes.get(&key);
+                if now.as_ref() == Some(&mark) {
                     self.record_writes.invalidate(&key);
+                    return Some(None);
                 }
-                true
+                Some(now)
             }
             Ok(Response::Fate(WriteFate::TakenBack { previous })) => {
                 let undone = self
@@ -342,7 +349,7 @@ impl Node {
                     key.short(),
                     mark.primary
                 );
-                false
+                None
             }
             _ => patient(),
         }
@@ -357,9 +364,13 @@ impl Node {
         leaving: bool,
         throttle: &mut Throttle,
     ) -> bool {
-        if meta.kind == EntryKind::Record && !self.copy_may_travel(*key, leaving).await {
-            return false;
-        }
+        let cleared = match meta.kind {
+            EntryKind::Record => match self.copy_may_travel(*key, leaving).await {
+                Some(mark) => mark,
+                None => return false,
+            },
+            EntryKind::Chunk => None,
+        };
         let req = match meta.kind {
             // The copy keeps this one's age, so that garbage collection sees an
             // unreferenced chunk as old on every holder (see gc.rs).
@@ -378,19 +389,26 @@ impl Node {
             // it until the write is acknowledged or taken back, and its copy must not
             // travel meanwhile (CHORDFS_SIM_SEED=23479: a primary's own pass pushed the
             // copy of a write that then failed, and the copy won over an acknowledged one).
-            EntryKind::Record => match {
-                let _guard = self.store.lock_record(key).await;
-                self.store.get_record(*key).await
-            } {
-                Ok(Some((version, record))) => Request::PutRecordCopy {
-                    key: *key,
-                    version,
-                    record,
-                    write: 0,
-                    primary: String::new(),
-                },
-                _ => return false,
-            },
+            // And only if no primary's write stored a copy here since the check above.
+            EntryKind::Record => {
+                let held = {
+                    let _guard = self.store.lock_record(key).await;
+                    if self.record_writes.get(key) != cleared {
+                        return false;
+                    }
+                    self.store.get_record(*key).await
+                };
+                match held {
+                    Ok(Some((version, record))) => Request::PutRecordCopy {
+                        key: *key,
+                        version,
+                        record,
+                        write: 0,
+                        primary: String::new(),
+                    },
+                    _ => return false,
+                }
+            }
         };
         match self.call(peer, req).await {
             Ok(Response::Ok) | Ok(Response::Stored { .. }) => {
