@@ -410,6 +410,7 @@ fn response() -> impl Strategy<Value = Response> {
         prop_oneof![
             Just(WriteFate::Acknowledged),
             Just(WriteFate::Unknown),
+            Just(WriteFate::InFlight),
             proptest::option::of((any::<u64>(), record()))
                 .prop_map(|previous| WriteFate::TakenBack { previous }),
         ]

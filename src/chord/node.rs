@@ -128,6 +128,9 @@ pub struct Node {
     /// How this node's own record writes as primary ended, by (key, write id), for
     /// replicas that ask before spreading their copy (`Request::WriteFate`).
     pub write_fates: moka::sync::Cache<(Id, u64), WriteFate>,
+    /// This node's record writes as primary still in flight, by (key, write id).
+    // Never held across an await: one set operation at a time.
+    pub writes_in_flight: Mutex<std::collections::HashSet<(Id, u64)>>,
     /// Primaries that did not answer a `WriteFate` lately, and until when they are not
     /// asked again (one repair interval): a dead primary costs a pass one timeout, not
     /// one per copy it wrote.
@@ -153,7 +156,34 @@ pub struct CopyMark {
     pub write: u64,
     /// The primary's address, to ask how the write ended.
     pub primary: String,
-    pub since: tokio::time::Instant,
+}
+
+/// A record write in `Node::writes_in_flight` for as long as this lives (a write whose
+/// future is dropped half-way leaves the set too).
+struct WriteInFlight<'a> {
+    node: &'a Node,
+    key: (Id, u64),
+}
+
+impl<'a> WriteInFlight<'a> {
+    fn start(node: &'a Node, key: Id, write: u64) -> WriteInFlight<'a> {
+        let key = (key, write);
+        node.writes_in_flight
+            .lock()
+            .expect("writes in flight lock")
+            .insert(key);
+        WriteInFlight { node, key }
+    }
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        self.node
+            .writes_in_flight
+            .lock()
+            .expect("writes in flight lock")
+            .remove(&self.key);
+    }
 }
 
 /// A `RevertRecordCopy` still to be confirmed by `peer`.
@@ -224,6 +254,7 @@ impl Node {
                 .time_to_live(Duration::from_secs(600))
                 .build(),
             silent_primaries: Mutex::new(HashMap::new()),
+            writes_in_flight: Mutex::new(std::collections::HashSet::new()),
             pending_take_backs: Mutex::new(Vec::new()),
         })
     }
@@ -608,6 +639,7 @@ impl Node {
         let new = Arc::new((version, record));
         let required = self.required_copies();
         let write = rand::random::<u64>() | 1;
+        let _running = WriteInFlight::start(self, key, write);
         // One round: the local copy, the replicas' copies and the check that this node
         // is still the primary go out at once (one fsync latency, not two). A write
         // that turns out not to be this node's to make is taken back like any write
@@ -957,19 +989,23 @@ impl Node {
         }
     }
 
-    /// How this node's write `write` of `key` ended. A write still in flight holds the
-    /// record's lock: it is given half a timeout to end, so the asker hears back in time
-    /// (as `Unknown`, asking again later, if it has not ended by then).
+    /// How this node's write `write` of `key` ended, or that it has not yet.
     async fn write_fate(&self, key: Id, write: u64) -> Response {
-        if let Some(fate) = self.write_fates.get(&(key, write)) {
+        let ended = || self.write_fates.get(&(key, write));
+        if let Some(fate) = ended() {
             return Response::Fate(fate);
         }
-        let wait = self.cfg.rpc_timeout / 2;
-        let fate = match tokio::time::timeout(wait, self.store.lock_record(&key)).await {
-            Ok(_guard) => self.write_fates.get(&(key, write)),
-            Err(_) => None,
-        };
-        Response::Fate(fate.unwrap_or(WriteFate::Unknown))
+        let running = self
+            .writes_in_flight
+            .lock()
+            .expect("writes in flight lock")
+            .contains(&(key, write));
+        // A write ends by noting its fate, then leaving the set: look again.
+        Response::Fate(match ended() {
+            Some(fate) => fate,
+            None if running => WriteFate::InFlight,
+            None => WriteFate::Unknown,
+        })
     }
 
     /// Puts back the record a taken-back write replaced (none: removes the key). The
@@ -1137,7 +1173,6 @@ impl Node {
                                 version,
                                 write,
                                 primary,
-                                since: tokio::time::Instant::now(),
                             },
                         );
                     } else {

@@ -17,10 +17,6 @@ use std::time::Duration;
 // Tokio's clock, so the throttle follows paused (simulated) time in tests.
 use tokio::time::Instant;
 
-/// How many RPC timeouts a record copy of a write whose outcome is unknown (its
-/// primary silent, or restarted) is held back from repair (see `copy_may_travel`).
-const COPY_FATE_PATIENCE: u32 = 10;
-
 /// What repair is doing, for the sidecar.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairStatus {
@@ -284,9 +280,9 @@ impl Node {
     /// write of the same version (CHORDFS_SIM_SEED=7399: a replica pushed such a copy
     /// to a third node before the take-back arrived; 18408: the take-back was lost).
     /// So the primary is asked first; a write it took back is undone here instead.
-    /// A primary that does not answer, or forgot, holds the copy back for a while
-    /// only (it may be gone for good, and the copy may be the acknowledged one); a
-    /// leaving node does not wait.
+    /// A copy of a write still in flight waits for the next pass. A primary that does
+    /// not answer, or forgot, does not hold the copy back: it may be gone for good,
+    /// and the copy the acknowledged one.
     ///
     /// None: the copy may not travel now. Some(mark): it may, as long as the record's
     /// mark is still `mark` when the copy is read (no write stored another copy since).
@@ -300,10 +296,6 @@ impl Node {
         {
             return Some(Some(mark));
         }
-        let patient = || {
-            let waited = mark.since.elapsed() >= self.cfg.rpc_timeout * COPY_FATE_PATIENCE;
-            (leaving || waited).then(|| Some(mark.clone()))
-        };
         let now = Instant::now();
         let silent = self
             .silent_primaries
@@ -312,7 +304,7 @@ impl Node {
             .get(&mark.primary)
             .is_some_and(|until| *until > now);
         if silent {
-            return patient();
+            return Some(Some(mark));
         }
         let asked = self
             .net
@@ -351,7 +343,14 @@ impl Node {
                 );
                 None
             }
-            _ => patient(),
+            // Still being written: ask again next pass (a write lasts a few timeouts at
+            // most). A leaving node cannot wait for it; it hands over what it holds.
+            Ok(Response::Fate(WriteFate::InFlight)) if !leaving => None,
+            // No answer, or forgotten: the copy travels, as any copy did before this
+            // question was asked. Holding it back (tried) kept records from their new
+            // holders when their primary was gone, and a new primary then reused an
+            // acknowledged version (sweep of 26,000 seeds: 6 failed).
+            _ => Some(Some(mark)),
         }
     }
 

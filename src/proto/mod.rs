@@ -194,6 +194,8 @@ pub enum WriteFate {
     /// It failed and was taken back: a copy it stored goes back to `previous` (or is
     /// removed when `None`), as `RevertRecordCopy` would have done.
     TakenBack { previous: Option<(u64, Record)> },
+    /// It has not ended yet: ask again later.
+    InFlight,
     /// The primary does not know it (restarted since, or forgot it long ago).
     Unknown,
 }
