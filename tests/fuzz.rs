@@ -17,8 +17,7 @@ use bytes::{Bytes, BytesMut};
 use chordfs::id::Id;
 use chordfs::proto::{
     codec, DirEntry, Edit, EditRefusal, Envelope, ErrorKind, GcReport, Held, Inode, KeyInfo, Kind,
-    NodeState, NodeStats, Peer, Record, Request, Response, Timespec, Value, WriteFate,
-    FRAME_MAX_BYTES,
+    NodeState, NodeStats, Peer, Record, Request, Response, Timespec, Value, FRAME_MAX_BYTES,
 };
 use chordfs::store::journal::{self, Entry};
 use chordfs::store::{decode_record_file, encode_record_file, Store};
@@ -274,16 +273,14 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (id(), edit()).prop_map(|(key, edit)| Request::EditRecord { key, edit }),
         (id(), any::<String>()).prop_map(|(key, name)| Request::LookupName { key, name }),
-        (id(), any::<u64>(), record(), any::<u64>(), any::<String>()).prop_map(
-            |(key, version, record, write, primary)| Request::PutRecordCopy {
+        (id(), any::<u64>(), record(), any::<u64>()).prop_map(|(key, version, record, write)| {
+            Request::PutRecordCopy {
                 key,
                 version,
                 record,
                 write,
-                primary,
             }
-        ),
-        (id(), any::<u64>()).prop_map(|(key, write)| Request::WriteFate { key, write }),
+        }),
         (
             id(),
             any::<u64>(),
@@ -345,10 +342,9 @@ fn request_variant(r: &Request) -> usize {
         Request::RevertRecordCopy { .. } => 18,
         Request::EditRecord { .. } => 19,
         Request::LookupName { .. } => 20,
-        Request::WriteFate { .. } => 21,
     }
 }
-const REQUEST_VARIANTS: usize = 22;
+const REQUEST_VARIANTS: usize = 21;
 
 fn node_stats() -> impl Strategy<Value = NodeStats> {
     any::<[u64; 5]>().prop_map(
@@ -407,14 +403,6 @@ fn response() -> impl Strategy<Value = Response> {
         small_bytes().prop_map(Response::Chunk),
         (any::<u64>(), record()).prop_map(|(version, record)| Response::Record { version, record }),
         any::<u64>().prop_map(|current| Response::Conflict { current }),
-        prop_oneof![
-            Just(WriteFate::Acknowledged),
-            Just(WriteFate::Unknown),
-            Just(WriteFate::InFlight),
-            proptest::option::of((any::<u64>(), record()))
-                .prop_map(|previous| WriteFate::TakenBack { previous }),
-        ]
-        .prop_map(Response::Fate),
         (
             any::<u64>(),
             proptest::option::of((id(), kind()).prop_map(|(id, kind)| DirEntry { id, kind }))
@@ -471,10 +459,9 @@ fn response_variant(r: &Response) -> usize {
         Response::Edited { .. } => 17,
         Response::EditRefused(_) => 18,
         Response::Entry { .. } => 19,
-        Response::Fate(_) => 20,
     }
 }
-const RESPONSE_VARIANTS: usize = 21;
+const RESPONSE_VARIANTS: usize = 20;
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![

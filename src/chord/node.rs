@@ -4,9 +4,7 @@ use super::repair::RepairStatus;
 use super::routing::{Routing, Step};
 use crate::id::Id;
 use crate::net::{RpcError, Transport};
-use crate::proto::{
-    ErrorKind, Held, NodeState, NodeStats, Peer, Record, Request, Response, WriteFate,
-};
+use crate::proto::{ErrorKind, Held, NodeState, NodeStats, Peer, Record, Request, Response};
 use crate::store::{self, Store};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -121,22 +119,9 @@ pub struct Node {
     /// Peers that announced their leave lately, and when (see `note_departed`).
     // Never held across an await: one update at a time.
     pub departed: Mutex<Vec<(Id, tokio::time::Instant)>>,
-    /// Record copies stored here lately for a primary's write, whose outcome this node
-    /// does not know yet: a `RevertRecordCopy` undoes that write's copy and no other,
-    /// and repair asks the primary how the write ended before it spreads the copy.
-    pub record_writes: moka::sync::Cache<Id, CopyMark>,
-    /// How this node's own record writes as primary ended, by (key, write id), for
-    /// replicas that ask before spreading their copy (`Request::WriteFate`).
-    pub write_fates: moka::sync::Cache<(Id, u64), WriteFate>,
-    /// This node's record writes as primary still in flight, by (key, write id).
-    // Never held across an await: one set operation at a time.
-    pub writes_in_flight: Mutex<std::collections::HashSet<(Id, u64)>>,
-    /// Primaries that did not answer a `WriteFate` lately, and until when they are not
-    /// asked again (one repair interval): a dead primary costs a pass one timeout, not
-    /// one per copy it wrote.
-    // Never held across an await: one map operation at a time. (Tokio's clock, not
-    // moka's: it must follow the simulation's paused time.)
-    pub silent_primaries: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Record copies stored here lately for a primary's write: key -> (version, write
+    /// id), so a `RevertRecordCopy` undoes that write's copy and no other.
+    pub record_writes: moka::sync::Cache<Id, (u64, u64)>,
     /// Take-backs of failed record writes that a replica has not confirmed yet, with
     /// the time they were first sent: resent before each repair pass until confirmed
     /// or [`TAKE_BACK_PATIENCE`] runs out (see `retry_take_backs`).
@@ -148,43 +133,6 @@ pub struct Node {
 pub const TAKE_BACK_PATIENCE: Duration = Duration::from_secs(60);
 /// At most this many unconfirmed take-backs are kept; the oldest go first.
 pub const TAKE_BACKS_PENDING_MAX: usize = 4096;
-
-/// A record copy stored here by a primary's write (see `Node::record_writes`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct CopyMark {
-    pub version: u64,
-    pub write: u64,
-    /// The primary's address, to ask how the write ended.
-    pub primary: String,
-}
-
-/// A record write in `Node::writes_in_flight` for as long as this lives (a write whose
-/// future is dropped half-way leaves the set too).
-struct WriteInFlight<'a> {
-    node: &'a Node,
-    key: (Id, u64),
-}
-
-impl<'a> WriteInFlight<'a> {
-    fn start(node: &'a Node, key: Id, write: u64) -> WriteInFlight<'a> {
-        let key = (key, write);
-        node.writes_in_flight
-            .lock()
-            .expect("writes in flight lock")
-            .insert(key);
-        WriteInFlight { node, key }
-    }
-}
-
-impl Drop for WriteInFlight<'_> {
-    fn drop(&mut self) {
-        self.node
-            .writes_in_flight
-            .lock()
-            .expect("writes in flight lock")
-            .remove(&self.key);
-    }
-}
 
 /// A `RevertRecordCopy` still to be confirmed by `peer`.
 #[derive(Clone, Debug)]
@@ -249,12 +197,6 @@ impl Node {
                 .max_capacity(65_536)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
-            write_fates: moka::sync::Cache::builder()
-                .max_capacity(65_536)
-                .time_to_live(Duration::from_secs(600))
-                .build(),
-            silent_primaries: Mutex::new(HashMap::new()),
-            writes_in_flight: Mutex::new(std::collections::HashSet::new()),
             pending_take_backs: Mutex::new(Vec::new()),
         })
     }
@@ -534,8 +476,6 @@ impl Node {
                 Some(c) => c.0 == v && Some(c) == local.as_ref(),
             };
             if replace {
-                // No longer the copy some primary's write stored here.
-                self.record_writes.invalidate(&key);
                 let _ = self.store.write_record(key, v, rec).await;
             }
         }
@@ -639,7 +579,6 @@ impl Node {
         let new = Arc::new((version, record));
         let required = self.required_copies();
         let write = rand::random::<u64>() | 1;
-        let _running = WriteInFlight::start(self, key, write);
         // One round: the local copy, the replicas' copies and the check that this node
         // is still the primary go out at once (one fsync latency, not two). A write
         // that turns out not to be this node's to make is taken back like any write
@@ -654,7 +593,6 @@ impl Node {
                 version,
                 record: new.1.clone(),
                 write,
-                primary: self.me.addr.clone(),
             }),
             self.primacy_doubt(&key)
         );
@@ -708,8 +646,6 @@ impl Node {
             });
         }
         self.note_short_write(&key, copies);
-        self.write_fates
-            .insert((key, write), WriteFate::Acknowledged);
         Ok((version, copies as u32, out))
     }
 
@@ -726,12 +662,6 @@ impl Node {
         local_written: bool,
         sent: Replicated,
     ) {
-        self.write_fates.insert(
-            (key, write),
-            WriteFate::TakenBack {
-                previous: previous.clone(),
-            },
-        );
         if local_written {
             if let Err(e) = self.restore_record(key, previous.clone()).await {
                 tracing::warn!("could not take back failed write of {key} v{version}: {e}");
@@ -967,7 +897,7 @@ impl Node {
     }
 
     /// A replica's side of [`Node::revert_record`].
-    pub(super) async fn revert_record_copy(
+    async fn revert_record_copy(
         &self,
         key: Id,
         version: u64,
@@ -975,11 +905,9 @@ impl Node {
         previous: Option<(u64, Record)>,
     ) -> Response {
         let _guard = self.store.lock_record(&key).await;
-        let marked = self
-            .record_writes
-            .get(&key)
-            .is_some_and(|m| m.version == version && m.write == write);
-        if self.store.record_version(&key) != version || !marked {
+        if self.store.record_version(&key) != version
+            || self.record_writes.get(&key) != Some((version, write))
+        {
             return Response::Ok;
         }
         self.record_writes.invalidate(&key);
@@ -987,25 +915,6 @@ impl Node {
             Ok(()) => Response::Ok,
             Err(e) => store_error(e),
         }
-    }
-
-    /// How this node's write `write` of `key` ended, or that it has not yet.
-    async fn write_fate(&self, key: Id, write: u64) -> Response {
-        let ended = || self.write_fates.get(&(key, write));
-        if let Some(fate) = ended() {
-            return Response::Fate(fate);
-        }
-        let running = self
-            .writes_in_flight
-            .lock()
-            .expect("writes in flight lock")
-            .contains(&(key, write));
-        // A write ends by noting its fate, then leaving the set: look again.
-        Response::Fate(match ended() {
-            Some(fate) => fate,
-            None if running => WriteFate::InFlight,
-            None => WriteFate::Unknown,
-        })
     }
 
     /// Puts back the record a taken-back write replaced (none: removes the key). The
@@ -1146,7 +1055,6 @@ impl Node {
                 version,
                 record,
                 write,
-                primary,
             } => {
                 let _guard = self.store.lock_record(&key).await;
                 let current = self.store.record_version(&key);
@@ -1167,14 +1075,7 @@ impl Node {
                 // earlier attempt's copy adopts it), or to none (repair).
                 let adopt = || {
                     if write != 0 {
-                        self.record_writes.insert(
-                            key,
-                            CopyMark {
-                                version,
-                                write,
-                                primary,
-                            },
-                        );
+                        self.record_writes.insert(key, (version, write));
                     } else {
                         self.record_writes.invalidate(&key);
                     }
@@ -1200,7 +1101,6 @@ impl Node {
                 write,
                 previous,
             } => self.revert_record_copy(key, version, write, previous).await,
-            Request::WriteFate { key, write } => self.write_fate(key, write).await,
             Request::GetRecord { key, pull } => {
                 if pull && !self.is_primary(&key) {
                     // Not an authoritative "absent": the caller's view is stale.

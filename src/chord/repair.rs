@@ -7,10 +7,10 @@
 //! `leaving`, it hands off every key). Copy, verify, then drop: a key is never without a
 //! readable copy while it moves.
 
-use super::node::{CopyMark, Node};
+use super::node::Node;
 use crate::id::Id;
 use crate::net::RpcError;
-use crate::proto::{Held, Peer, Request, Response, WriteFate, KEYS_MAX};
+use crate::proto::{Held, Peer, Request, Response, KEYS_MAX};
 use crate::store::{EntryKind, Meta};
 use serde::Serialize;
 use std::time::Duration;
@@ -208,12 +208,10 @@ impl Node {
                         // Missing or older: give it ours. A stray holder updated so
                         // still does not count.
                         Held::Stray(_) => {
-                            self.push(peer, key, meta, leaving, throttle).await;
+                            self.push(peer, key, meta, throttle).await;
                             false
                         }
-                        Held::Kept(_) | Held::No => {
-                            self.push(peer, key, meta, leaving, throttle).await
-                        }
+                        Held::Kept(_) | Held::No => self.push(peer, key, meta, throttle).await,
                     };
                     if ok {
                         confirmed[base + n] += 1;
@@ -274,102 +272,8 @@ impl Node {
         now.duration_since(since) >= hold
     }
 
-    /// Whether this node's copy of record `key` may travel. A copy that a primary's
-    /// write stored here, whose outcome this node has not learnt, may belong to a
-    /// write that failed: spread by repair, it could later win over an acknowledged
-    /// write of the same version (CHORDFS_SIM_SEED=7399: a replica pushed such a copy
-    /// to a third node before the take-back arrived; 18408: the take-back was lost).
-    /// So the primary is asked first; a write it took back is undone here instead.
-    /// A copy of a write still in flight waits for the next pass. A primary that does
-    /// not answer, or forgot, does not hold the copy back: it may be gone for good,
-    /// and the copy the acknowledged one.
-    ///
-    /// None: the copy may not travel now. Some(mark): it may, as long as the record's
-    /// mark is still `mark` when the copy is read (no write stored another copy since).
-    async fn copy_may_travel(&self, key: Id, leaving: bool) -> Option<Option<CopyMark>> {
-        let Some(mark) = self.record_writes.get(&key) else {
-            return Some(None);
-        };
-        if mark.primary.is_empty()
-            || mark.primary == self.me.addr
-            || self.store.record_version(&key) != mark.version
-        {
-            return Some(Some(mark));
-        }
-        let now = Instant::now();
-        let silent = self
-            .silent_primaries
-            .lock()
-            .expect("silent primaries lock")
-            .get(&mark.primary)
-            .is_some_and(|until| *until > now);
-        if silent {
-            return Some(Some(mark));
-        }
-        let asked = self
-            .net
-            .call(
-                &mark.primary,
-                Request::WriteFate {
-                    key,
-                    write: mark.write,
-                },
-                self.cfg.rpc_timeout,
-            )
-            .await;
-        if asked.is_err() {
-            let mut silent = self.silent_primaries.lock().expect("silent primaries lock");
-            silent.retain(|_, until| *until > now);
-            silent.insert(mark.primary.clone(), now + self.cfg.repair_every);
-        }
-        match asked {
-            Ok(Response::Fate(WriteFate::Acknowledged)) => {
-                let _guard = self.store.lock_record(&key).await;
-                let now = self.record_writes.get(&key);
-                if now.as_ref() == Some(&mark) {
-                    self.record_writes.invalidate(&key);
-                    return Some(None);
-                }
-                Some(now)
-            }
-            Ok(Response::Fate(WriteFate::TakenBack { previous })) => {
-                let undone = self
-                    .revert_record_copy(key, mark.version, mark.write, previous)
-                    .await;
-                tracing::debug!(
-                    "{}: a copy of a write taken back by {}, undone here: {undone:?}",
-                    key.short(),
-                    mark.primary
-                );
-                None
-            }
-            // Still being written: ask again next pass (a write lasts a few timeouts at
-            // most). A leaving node cannot wait for it; it hands over what it holds.
-            Ok(Response::Fate(WriteFate::InFlight)) if !leaving => None,
-            // No answer, or forgotten: the copy travels, as any copy did before this
-            // question was asked. Holding it back (tried) kept records from their new
-            // holders when their primary was gone, and a new primary then reused an
-            // acknowledged version (sweep of 26,000 seeds: 6 failed).
-            _ => Some(Some(mark)),
-        }
-    }
-
     /// Gives `peer` this node's copy of `key`. False when it could not.
-    async fn push(
-        &self,
-        peer: &Peer,
-        key: &Id,
-        meta: &Meta,
-        leaving: bool,
-        throttle: &mut Throttle,
-    ) -> bool {
-        let cleared = match meta.kind {
-            EntryKind::Record => match self.copy_may_travel(*key, leaving).await {
-                Some(mark) => mark,
-                None => return false,
-            },
-            EntryKind::Chunk => None,
-        };
+    async fn push(&self, peer: &Peer, key: &Id, meta: &Meta, throttle: &mut Throttle) -> bool {
         let req = match meta.kind {
             // The copy keeps this one's age, so that garbage collection sees an
             // unreferenced chunk as old on every holder (see gc.rs).
@@ -388,13 +292,9 @@ impl Node {
             // it until the write is acknowledged or taken back, and its copy must not
             // travel meanwhile (CHORDFS_SIM_SEED=23479: a primary's own pass pushed the
             // copy of a write that then failed, and the copy won over an acknowledged one).
-            // And only if no primary's write stored a copy here since the check above.
             EntryKind::Record => {
                 let held = {
                     let _guard = self.store.lock_record(key).await;
-                    if self.record_writes.get(key) != cleared {
-                        return false;
-                    }
                     self.store.get_record(*key).await
                 };
                 match held {
@@ -403,7 +303,6 @@ impl Node {
                         version,
                         record,
                         write: 0,
-                        primary: String::new(),
                     },
                     _ => return false,
                 }

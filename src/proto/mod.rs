@@ -104,10 +104,6 @@ pub enum Request {
         /// write can be taken back (see `RevertRecordCopy`).
         #[serde(default)]
         write: u64,
-        /// The primary's address (empty from repair): where the replica asks how the
-        /// write ended before it spreads the copy (see `WriteFate`).
-        #[serde(default)]
-        primary: String,
     },
     /// Undo a record copy of a write that failed: if this node holds `record` at
     /// `version`, it goes back to `previous` (or is removed when `None`). Sent by a
@@ -120,14 +116,6 @@ pub enum Request {
         version: u64,
         write: u64,
         previous: Option<(u64, Record)>,
-    },
-    /// How did write `write` of record `key`, made by this node as primary, end? Asked
-    /// by a replica before it spreads the copy that write stored (repair), so a copy of
-    /// a write that failed never travels, even when the take-back was lost or has not
-    /// arrived yet. Answered once any write of the record in flight here has ended.
-    WriteFate {
-        key: Id,
-        write: u64,
     },
     /// Read a record. With `pull`, a primary missing it first asks its replicas.
     GetRecord {
@@ -186,20 +174,6 @@ pub enum Held {
     Stray(u64),
 }
 
-/// How a primary's record write ended, as the primary remembers it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum WriteFate {
-    /// It reached enough copies and was acknowledged: its copies may travel.
-    Acknowledged,
-    /// It failed and was taken back: a copy it stored goes back to `previous` (or is
-    /// removed when `None`), as `RevertRecordCopy` would have done.
-    TakenBack { previous: Option<(u64, Record)> },
-    /// It has not ended yet: ask again later.
-    InFlight,
-    /// The primary does not know it (restarted since, or forgot it long ago).
-    Unknown,
-}
-
 /// What a node answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
@@ -239,8 +213,6 @@ pub enum Response {
         version: u64,
         entry: Option<DirEntry>,
     },
-    /// How a record write ended (see `Request::WriteFate`).
-    Fate(WriteFate),
     /// CAS failed: the version now held.
     Conflict {
         current: u64,

@@ -98,7 +98,6 @@ fn about(req: &Request) -> Option<(Vec<crate::id::Id>, String)> {
         Request::RevertRecordCopy { key, version, .. } => {
             Some((vec![*key], format!("RevertRecordCopy v{version}")))
         }
-        Request::WriteFate { key, write } => Some((vec![*key], format!("WriteFate {write:x}"))),
         Request::GetRecord { key, pull } => Some((vec![*key], format!("GetRecord pull={pull}"))),
         Request::HaveKeys { keys } => Some((keys.clone(), format!("HaveKeys ({})", keys.len()))),
         Request::FindSuccessor { key, .. } => Some((vec![*key], "FindSuccessor".into())),
@@ -152,7 +151,6 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::LookupName { .. } => "LookupName",
         Request::PutRecordCopy { .. } => "PutRecordCopy",
         Request::RevertRecordCopy { .. } => "RevertRecordCopy",
-        Request::WriteFate { .. } => "WriteFate",
         Request::GetRecord { .. } => "GetRecord",
         Request::HaveKeys { .. } => "HaveKeys",
         Request::Stats => "Stats",
