@@ -134,6 +134,12 @@ pub const TAKE_BACK_PATIENCE: Duration = Duration::from_secs(60);
 /// At most this many unconfirmed take-backs are kept; the oldest go first.
 pub const TAKE_BACKS_PENDING_MAX: usize = 4096;
 
+/// Keeps the newest [`TAKE_BACKS_PENDING_MAX`] of `pending` (oldest first).
+fn drop_oldest_take_backs(pending: &mut Vec<PendingTakeBack>) {
+    let over = pending.len().saturating_sub(TAKE_BACKS_PENDING_MAX);
+    pending.drain(..over);
+}
+
 /// A `RevertRecordCopy` still to be confirmed by `peer`.
 #[derive(Clone, Debug)]
 pub struct PendingTakeBack {
@@ -707,8 +713,7 @@ impl Node {
                     since,
                 });
             }
-            let over = pending.len().saturating_sub(TAKE_BACKS_PENDING_MAX);
-            pending.drain(..over);
+            drop_oldest_take_backs(&mut pending);
         }
     }
 
@@ -746,8 +751,7 @@ impl Node {
         let mut pending = self.pending_take_backs.lock().expect("take-backs lock");
         still.append(&mut pending);
         *pending = still;
-        let over = pending.len().saturating_sub(TAKE_BACKS_PENDING_MAX);
-        pending.drain(..over);
+        drop_oldest_take_backs(&mut pending);
     }
 
     /// Checks, with this node's neighbours, that it may act as the primary of `key`

@@ -95,6 +95,14 @@ impl Cluster {
             .collect()
     }
 
+    /// The node at `addr` (panics if there is none: a test's own mistake).
+    pub fn by_addr(&self, addr: &str) -> &SimNode {
+        self.nodes
+            .iter()
+            .find(|n| n.addr == addr)
+            .unwrap_or_else(|| panic!("no simulated node at {addr}"))
+    }
+
     /// Nodes that serve: live or still leaving.
     pub fn serving(&self) -> Vec<usize> {
         (0..self.nodes.len())

@@ -730,13 +730,7 @@ mod tests {
                 !matches!(failed, Ok(Response::Stored { .. })),
                 "a write with no replica reachable is refused: {failed:?}"
             );
-            let store = cl
-                .nodes
-                .iter()
-                .find(|n| n.addr == primary)
-                .expect("primary")
-                .store
-                .clone();
+            let store = cl.by_addr(&primary).store.clone();
             assert_eq!(
                 store.record_version(&key),
                 1,
@@ -747,7 +741,7 @@ mod tests {
             let mut acked = None;
             for _ in 0..40 {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                let via = cl.nodes.iter().find(|n| n.addr == others[0]).unwrap();
+                let via = cl.by_addr(&others[0]);
                 let Some(n) = via.node.clone() else { continue };
                 let Ok((_, h, _)) = n.lookup(&key, false).await else {
                     continue;
@@ -791,12 +785,7 @@ mod tests {
         let some = cl.nodes[0].node.clone().expect("live");
         let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
         let primary = holders[0].addr.clone();
-        let node = cl
-            .nodes
-            .iter()
-            .find(|n| n.addr == primary)
-            .and_then(|n| n.node.clone())
-            .expect("primary live");
+        let node = cl.by_addr(&primary).node.clone().expect("primary live");
         let succs: Vec<String> = node.replica_targets().into_iter().map(|p| p.addr).collect();
         let client = net.endpoint("client");
         let cas = |expect: u64, tag: u64| {
@@ -826,7 +815,7 @@ mod tests {
 
     /// The version and body of `key` held by the node at `addr`, if any.
     async fn held(cl: &Cluster, addr: &str, key: Id) -> Option<(u64, Record)> {
-        let n = cl.nodes.iter().find(|n| n.addr == addr).expect("node");
+        let n = cl.by_addr(addr);
         n.store.get_record(key).await.expect("store reads")
     }
 
@@ -896,12 +885,7 @@ mod tests {
                 net.lose_requests("RevertRecordCopy", p, &succs[0], 1);
             })
             .await;
-            let node = cl
-                .nodes
-                .iter()
-                .find(|n| n.addr == primary)
-                .and_then(|n| n.node.clone())
-                .expect("primary live");
+            let node = cl.by_addr(&primary).node.clone().expect("primary live");
             let pending = || -> Vec<String> {
                 let p = node.pending_take_backs.lock().expect("take-backs lock");
                 p.iter().map(|t| t.peer.addr.clone()).collect()
@@ -968,8 +952,7 @@ mod tests {
 
             let client = net.endpoint("client");
             for addr in &small {
-                let n = cl.nodes.iter().find(|n| &n.addr == addr).expect("node");
-                let node = n.node.clone().expect("live");
+                let node = cl.by_addr(addr).node.clone().expect("live");
                 let lost = node.lost.lock().expect("lost lock").len();
                 assert!(lost >= big.len(), "{addr} still counts {lost} lost peers");
                 let answer = client
