@@ -6,7 +6,9 @@
 //! `CHORDFS_SIM_START` (default 0), within `CHORDFS_SIM_BUDGET_SECS` of wall time (default
 //! 150; seeds not started by then are skipped, and the summary says so);
 //! `CHORDFS_SIM_SEED` runs that one seed and prints its event log; `CHORDFS_SIM_FAULTS`
-//! (e.g. `crashes,weather`) narrows the kinds of fault.
+//! (e.g. `crashes,weather`) narrows the kinds of fault. `CHORDFS_SIM_TRACES=FILE` writes
+//! one line per seed (`seed trace-hash checks`) to FILE: two builds that give the same
+//! file behave the same on those seeds (how a change that only moves code is checked).
 
 use chordfs::sim::{run_seed, run_seed_with, Faults, Outcome};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,6 +104,13 @@ fn seeds_hold_the_invariants() {
         .map(|o| o.seed)
         .collect();
     let sim_s: u64 = outcomes.iter().map(|o| o.sim_ms).sum::<u64>() / 1000;
+    if let Ok(path) = std::env::var("CHORDFS_SIM_TRACES") {
+        let lines: String = outcomes
+            .iter()
+            .map(|o| format!("{} {:016x} {}\n", o.seed, o.trace_hash, o.checks))
+            .collect();
+        std::fs::write(&path, lines).expect("CHORDFS_SIM_TRACES: write the trace file");
+    }
     println!(
         "sim summary: faults {}, {} seeds from {start}, {checks} invariant checks, {sim_s} simulated s in {:.1} s, {} failed: {failed:?}; split-brain record conflicts (excused) in {excused:?}",
         faults().name(),
