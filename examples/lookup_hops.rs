@@ -1,12 +1,11 @@
-//! In-process simulation of lookup path lengths on a converged ring of N nodes, using the
-//! node's own routing code. Prints one JSON line: nodes, lookups, mean and p99 hops, and
+//! In-process simulation of lookup path lengths on a converged ring of N nodes, driven by
+//! the node's own lookup walk. Prints one JSON line: nodes, lookups, mean and p99 hops, and
 //! the paper's ½·log2(N). Used by scripts/bench.sh.
 //!
 //! cargo run --release --example lookup_hops -- [NODES] [LOOKUPS]
 
-use chordfs::chord::routing::{converged_tables, simulate_lookup_indexed};
 use chordfs::id::Id;
-use std::collections::HashMap;
+use chordfs::ring::routing::ConvergedRing;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -15,16 +14,11 @@ fn main() {
     let ids: Vec<Id> = (0..nodes as u64)
         .map(|i| Id::hash(format!("node-{i}").as_bytes()))
         .collect();
-    let tables = converged_tables(&ids, 8);
-    let index: HashMap<Id, usize> = tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.me.id, i))
-        .collect();
+    let ring = ConvergedRing::new(&ids, 8);
     let mut hops: Vec<u32> = (0..lookups as u64)
         .map(|k| {
             let key = Id::hash(format!("key-{k}").as_bytes());
-            simulate_lookup_indexed(&tables, &index, (k as usize * 7919) % nodes, &key).0
+            ring.lookup((k as usize * 7919) % nodes, &key).0
         })
         .collect();
     hops.sort_unstable();

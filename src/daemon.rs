@@ -1,7 +1,7 @@
 //! Running a node process: bind, open the store, join, serve RPCs and the sidecar, run
 //! maintenance and repair, and leave gracefully on SIGTERM/SIGINT.
 
-use crate::chord::node::load_or_create_id;
+use crate::chord::load_or_create_id;
 use crate::chord::{Node, NodeConfig};
 use crate::net::{self, TcpTransport};
 use crate::store::Store;
@@ -94,14 +94,15 @@ pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
     );
     if opts.join.is_some() {
         // Not a ring of its own to anyone who calls before the join is done.
-        node.joining
+        node.core
+            .joining
             .store(true, std::sync::atomic::Ordering::Release);
     }
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(net::serve_with_secret(
         listener,
         node.clone(),
-        node.shutdown.clone(),
+        node.core.shutdown.clone(),
         secret.unwrap_or_else(|| Arc::from(&[][..])),
     )));
 
@@ -117,7 +118,7 @@ pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
         tasks.push(tokio::spawn(crate::http::serve(
             l,
             node.clone(),
-            node.shutdown.clone(),
+            node.core.shutdown.clone(),
         )));
     }
 
@@ -159,11 +160,11 @@ impl Running {
 
     /// Stops at once (tests use this to simulate a crash of an in-process node).
     pub async fn stop(self) {
-        self.node.shutdown.cancel();
+        self.node.shut_down();
         for t in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
         }
-        let _ = std::fs::remove_file(self.node.cfg.data_dir.join("node.json"));
+        let _ = std::fs::remove_file(self.node.cfg().data_dir.join("node.json"));
     }
 }
 
@@ -185,7 +186,7 @@ async fn join_patiently(node: &Node, via: &str) -> Result<(), DaemonError> {
             || attempt >= JOIN_ATTEMPTS_MAX
             || started.elapsed() + pause > JOIN_PATIENCE;
         if hopeless {
-            node.shutdown.cancel();
+            node.shut_down();
             return Err(DaemonError::Join {
                 via: via.to_string(),
                 source: err,

@@ -12,7 +12,10 @@
 //! - [`proto`]: request/response enums, records, the frame codec.
 //! - [`net`]: the transport trait, the TCP client pool and the server.
 //! - [`store`]: the data dir: chunks and records, atomic and verified.
-//! - [`chord`]: the peer: routing table, RPC answers, stabilize & co, repair.
+//! - [`ring`]: the ring's rules as pure code: routing, placement, the lookup walk, the
+//!   peer book, the primary's range, which record copy wins.
+//! - [`chord`]: the peer: a shared core and its subsystems (maintenance, records,
+//!   repair, gc) carrying out those rules over the network.
 //! - [`client`]: the one client library (CLI and mount).
 //! - [`fs`]: the FUSE driver over the client.
 //! - [`http`]: the status sidecar.
@@ -27,5 +30,6 @@ pub mod http;
 pub mod id;
 pub mod net;
 pub mod proto;
+pub mod ring;
 pub mod sim;
 pub mod store;

@@ -558,8 +558,8 @@ async fn node(a: NodeArgs) -> Result<()> {
     let n = &running.node;
     eprintln!(
         "chordfs node {} listening on {}{} data {}",
-        n.me.id,
-        n.me.addr,
+        n.me().id,
+        n.me().addr,
         running
             .http_addr
             .as_ref()

@@ -42,7 +42,7 @@ async fn only_holders_of_the_secret_get_in() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let secret: &[u8] = b"correct horse battery staple";
     let a = node(dirs[0].path(), Some(secret), None).await.unwrap();
-    let ring = a.node.me.addr.clone();
+    let ring = a.node.me().addr.clone();
     let b = node(dirs[1].path(), Some(secret), Some(ring.clone()))
         .await
         .unwrap();

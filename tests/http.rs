@@ -86,12 +86,12 @@ async fn the_sidecar_shows_the_node_its_files_and_the_ring() {
     .await
     .expect("node starts");
     let http = running.http_addr.clone().expect("sidecar address");
-    let me = running.node.me.clone();
+    let me = running.node.me().clone();
 
     // Before any file: the tree is empty, and reading it makes no root.
     let files = get_json(&http, "/files").await;
     assert_eq!(files.as_array().unwrap().len(), 0, "{files}");
-    assert_eq!(running.node.store.keys().len(), 0, "/files wrote nothing");
+    assert_eq!(running.node.store().keys().len(), 0, "/files wrote nothing");
 
     let mut cfg = ClientConfig::new(me.addr.clone());
     cfg.chunk_bytes = 64 * 1024;
@@ -210,9 +210,9 @@ async fn start_node(dir: &std::path::Path, join: Option<String>) -> chordfs::dae
 async fn two_nodes_show_each_other_and_split_the_roles() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_node(da.path(), None).await;
-    let b = start_node(db.path(), Some(a.node.me.addr.clone())).await;
+    let b = start_node(db.path(), Some(a.node.me().addr.clone())).await;
     let (ha, hb) = (a.http_addr.clone().unwrap(), b.http_addr.clone().unwrap());
-    let (ida, idb) = (a.node.me.id.to_hex(), b.node.me.id.to_hex());
+    let (ida, idb) = (a.node.me().id.to_hex(), b.node.me().id.to_hex());
 
     // Wait for the ring to settle: each node the other's predecessor and successor.
     let settled = |st: &Value, other: &str| {
@@ -251,7 +251,7 @@ async fn two_nodes_show_each_other_and_split_the_roles() {
     want.sort();
     assert_eq!(ids, want, "{ring}");
 
-    let client = Client::connect(ClientConfig::new(a.node.me.addr.clone()))
+    let client = Client::connect(ClientConfig::new(a.node.me().addr.clone()))
         .await
         .unwrap();
     let data = vec![7u8; 3 * 1024 * 1024 + 5];

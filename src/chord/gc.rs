@@ -18,15 +18,15 @@
 //! period. Writers keep it by committing within the grace (the CLI at the end of a
 //! `put`, the mount at close/fsync and at least every `WRITEBACK_MAX_SECS`).
 
-use super::node::Node;
-use crate::client::ring::MAX_RING_WALK;
+use super::core::Core;
 use crate::id::Id;
 use crate::proto::{GcReport, Peer, Record, Request, Response, KEYS_MAX};
+use crate::ring::placement;
+use crate::ring::walk::{MemberWalk, Next};
 use crate::store::EntryKind;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
@@ -125,22 +125,46 @@ fn unix_now() -> u64 {
 /// after it), other than `me`: who else to ask to drop it. Pure, for tests.
 pub fn drops_by_holder(sorted: &[Id], keys: &[Id], r: usize, me: &Id) -> BTreeMap<Id, Vec<Id>> {
     let mut out: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
-    if sorted.is_empty() {
-        return out;
-    }
     for key in keys {
-        let start = sorted.partition_point(|id| id < key) % sorted.len();
-        for i in 0..r.min(sorted.len()) {
-            let holder = sorted[(start + i) % sorted.len()];
-            if holder != *me {
-                out.entry(holder).or_default().push(*key);
+        for holder in placement::holders(sorted, key, r) {
+            if holder != me {
+                out.entry(*holder).or_default().push(*key);
             }
         }
     }
     out
 }
 
-impl Node {
+/// The garbage-collection subsystem: its status, the lock that keeps sweeps apart, and
+/// the chunks it freed lately.
+pub struct Gc {
+    pub core: Arc<Core>,
+    // Never held across an await: read or updated in one go.
+    pub status: Mutex<GcStatus>,
+    /// Held for the whole of a sweep, so sweeps on one node never overlap.
+    pub lock: tokio::sync::Mutex<()>,
+    /// Chunks garbage collection freed here lately, refused as repair copies.
+    // Never held across an await: one map operation at a time.
+    pub freed: Mutex<Freed>,
+}
+
+impl Gc {
+    pub fn new(core: Arc<Core>) -> Gc {
+        Gc {
+            core,
+            status: Mutex::new(GcStatus::default()),
+            lock: tokio::sync::Mutex::new(()),
+            freed: Mutex::new(Freed::default()),
+        }
+    }
+
+    pub fn status(&self) -> GcStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn note_freed(&self, key: Id) {
         self.freed
             .lock()
@@ -150,7 +174,7 @@ impl Node {
 
     /// True when a repair copy of `key` must be refused: it was freed here lately.
     pub fn recently_freed(&self, key: &Id) -> bool {
-        let window = self.cfg.gc_grace;
+        let window = self.core.cfg.gc_grace;
         self.freed
             .lock()
             .expect("freed lock")
@@ -162,8 +186,8 @@ impl Node {
         self.freed.lock().expect("freed lock").forget(key);
     }
 
-    fn update_gc(&self, f: impl FnOnce(&mut GcStatus)) {
-        f(&mut self.gc.lock().expect("gc lock"));
+    fn update(&self, f: impl FnOnce(&mut GcStatus)) {
+        f(&mut self.status.lock().expect("gc lock"));
     }
 
     /// One page of the chunks named by the records held here (see `ListChunkRefs`).
@@ -178,7 +202,7 @@ impl Node {
         let mut records = 0usize;
         // Keys come in batches from the index; a batch may hold chunks too.
         for _ in 0..REFS_MAX_PAGES {
-            let batch = self.store.keys_after(cursor, limit);
+            let batch = self.core.store.keys_after(cursor, limit);
             if batch.is_empty() {
                 return Ok((chunks, None));
             }
@@ -187,7 +211,7 @@ impl Node {
                 if meta.kind != EntryKind::Record {
                     continue;
                 }
-                match self.store.get_record(key).await {
+                match self.core.store.get_record(key).await {
                     Ok(Some((_, Record::Inode(ino)))) => {
                         if ino.chunks.len() > REFS_RECORD_MAX_CHUNKS {
                             return Err(format!(
@@ -205,7 +229,7 @@ impl Node {
                 }
                 records += 1;
                 if records >= limit || chunks.len() >= REFS_PAGE_CHUNKS {
-                    let more = !self.store.keys_after(Some(key), 1).is_empty();
+                    let more = !self.core.store.keys_after(Some(key), 1).is_empty();
                     return Ok((chunks, more.then_some(key)));
                 }
             }
@@ -215,62 +239,38 @@ impl Node {
 
     /// The ring's members, walking successors from this node. Fails when any member on
     /// the way does not answer, or names a predecessor the walk does not know (a join in
-    /// progress): the mark must see every holder.
-    async fn gc_members(&self) -> Result<Vec<Peer>, GcError> {
-        let mut members: BTreeMap<Id, Peer> = BTreeMap::new();
-        let mut predecessors: Vec<Peer> = Vec::new();
-        members.insert(self.me.id, self.me.clone());
-        let mut cur = self.snapshot().successor().clone();
-        for _ in 0..MAX_RING_WALK {
-            if cur.id == self.me.id {
-                break;
+    /// progress): the mark must see every holder (see [`MemberWalk::strict`]).
+    async fn members(&self) -> Result<Vec<Peer>, GcError> {
+        let core = &self.core;
+        let mut walk = MemberWalk::strict(&core.me, core.snapshot().successor().clone());
+        loop {
+            match walk.next_action() {
+                Next::Ask(peer) => match core.call(&peer, Request::GetState).await {
+                    Ok(Response::State(st)) => walk.answered(st),
+                    Ok(other) => walk.silent(format!("{} answered {other:?}", peer.addr)),
+                    Err(e) => walk.silent(e.to_string()),
+                },
+                Next::Home => {
+                    walk.close(core.snapshot().predecessor);
+                }
+                Next::Done(members) => return Ok(members),
+                Next::Failed(why) => return Err(GcError::Mark(why)),
             }
-            let st = match self.call(&cur, Request::GetState).await {
-                Ok(Response::State(st)) => st,
-                Ok(other) => return Err(GcError::Mark(format!("{} answered {other:?}", cur.addr))),
-                Err(e) => return Err(GcError::Mark(e.to_string())),
-            };
-            members.insert(st.me.id, st.me.clone());
-            if let Some(p) = st.predecessor {
-                predecessors.push(p);
-            }
-            let Some(next) = st.successors.first().cloned() else {
-                return Err(GcError::Mark(format!("{} has no successor", cur.addr)));
-            };
-            if members.contains_key(&next.id) && next.id != self.me.id {
-                return Err(GcError::Mark(format!(
-                    "the successor walk loops at {} without coming back",
-                    next.addr
-                )));
-            }
-            cur = next;
         }
-        if cur.id != self.me.id {
-            return Err(GcError::Mark("the successor walk did not close".into()));
-        }
-        if let Some(p) = self.snapshot().predecessor {
-            predecessors.push(p);
-        }
-        if let Some(p) = predecessors.iter().find(|p| !members.contains_key(&p.id)) {
-            return Err(GcError::Mark(format!(
-                "{} is a predecessor but not on the successor walk",
-                p.addr
-            )));
-        }
-        Ok(members.into_values().collect())
     }
 
     /// Every chunk named by any record any member holds.
-    async fn gc_mark(&self, members: &[Peer]) -> Result<HashSet<Id>, GcError> {
+    async fn mark(&self, members: &[Peer]) -> Result<HashSet<Id>, GcError> {
+        let core = &self.core;
         let mut referenced: HashSet<Id> = HashSet::new();
         for peer in members {
             let mut after = None;
             let mut complete = false;
             for _ in 0..REFS_MAX_PAGES {
-                if self.shutdown.is_cancelled() || self.leaving.load(Ordering::Acquire) {
+                if core.shutdown.is_cancelled() || core.is_leaving() {
                     return Err(GcError::NotReady);
                 }
-                let (chunks, next) = if peer.id == self.me.id {
+                let (chunks, next) = if peer.id == core.me.id {
                     self.chunk_refs_page(after, REFS_PAGE_RECORDS)
                         .await
                         .map_err(GcError::Mark)?
@@ -279,7 +279,7 @@ impl Node {
                         after,
                         limit: REFS_PAGE_RECORDS,
                     };
-                    match self.call(peer, req).await {
+                    match core.call(peer, req).await {
                         Ok(Response::ChunkRefs { chunks, next }) => (chunks, next),
                         Ok(other) => {
                             return Err(GcError::Mark(format!("{} answered {other:?}", peer.addr)))
@@ -310,10 +310,10 @@ impl Node {
     /// Deletes the listed chunks held here that were last stored at least `grace` ago.
     /// Returns (chunks, bytes) freed.
     pub async fn drop_chunks(&self, keys: &[Id], grace: Duration) -> (u64, u64) {
-        let grace = grace.max(self.cfg.gc_grace);
+        let grace = grace.max(self.core.cfg.gc_grace);
         let (mut chunks, mut bytes) = (0u64, 0u64);
         for key in keys {
-            match self.store.delete_chunk_if_older(*key, grace).await {
+            match self.core.store.delete_chunk_if_older(*key, grace).await {
                 Ok(Some(size)) => {
                     chunks += 1;
                     bytes += size;
@@ -323,7 +323,7 @@ impl Node {
                 Err(e) => tracing::warn!("gc: cannot delete chunk {}: {e}", key.short()),
             }
         }
-        self.update_gc(|s| {
+        self.update(|s| {
             s.chunks_freed += chunks;
             s.bytes_freed += bytes;
         });
@@ -331,14 +331,14 @@ impl Node {
     }
 
     /// One mark-and-sweep. Sweeps on one node never overlap.
-    pub async fn gc_sweep(&self) -> Result<GcReport, GcError> {
-        let _one = self.gc_lock.lock().await;
-        if self.leaving.load(Ordering::Acquire) || self.joining.load(Ordering::Acquire) {
+    pub async fn sweep(&self) -> Result<GcReport, GcError> {
+        let _one = self.lock.lock().await;
+        if self.core.is_leaving() || self.core.is_joining() {
             return Err(GcError::NotReady);
         }
-        self.update_gc(|s| s.running = true);
-        let res = self.gc_sweep_inner().await;
-        self.update_gc(|s| {
+        self.update(|s| s.running = true);
+        let res = self.sweep_inner().await;
+        self.update(|s| {
             s.running = false;
             s.last_run = Some(unix_now());
             match &res {
@@ -356,21 +356,22 @@ impl Node {
         res
     }
 
-    async fn gc_sweep_inner(&self) -> Result<GcReport, GcError> {
+    async fn sweep_inner(&self) -> Result<GcReport, GcError> {
+        let core = &self.core;
         let started = Instant::now();
-        let grace = self.cfg.gc_grace;
+        let grace = core.cfg.gc_grace;
         // Candidates are chosen before the mark: a chunk stored after this point is not
         // one of them, whatever the mark finds.
-        let held: Vec<Id> = self
+        let held: Vec<Id> = core
             .store
             .keys()
             .into_iter()
             .filter(|(_, m)| m.kind == EntryKind::Chunk)
             .map(|(k, _)| k)
             .collect();
-        let members = self.gc_members().await?;
-        let referenced = self.gc_mark(&members).await?;
-        let after: BTreeSet<Id> = self.gc_members().await?.iter().map(|p| p.id).collect();
+        let members = self.members().await?;
+        let referenced = self.mark(&members).await?;
+        let after: BTreeSet<Id> = self.members().await?.iter().map(|p| p.id).collect();
         let before: BTreeSet<Id> = members.iter().map(|p| p.id).collect();
         if before != after {
             return Err(GcError::MembershipChanged);
@@ -390,13 +391,13 @@ impl Node {
         // their repair has little time to hand a freed chunk back (and is refused if it
         // tries; see `Freed`).
         for batch in unreferenced.chunks(SWEEP_BATCH) {
-            if self.shutdown.is_cancelled() || self.leaving.load(Ordering::Acquire) {
+            if core.shutdown.is_cancelled() || core.is_leaving() {
                 return Err(GcError::NotReady);
             }
             let mut freed: Vec<Id> = Vec::new();
             let mut batch_bytes = 0u64;
             for key in batch {
-                match self.store.delete_chunk_if_older(*key, grace).await? {
+                match core.store.delete_chunk_if_older(*key, grace).await? {
                     Some(size) => {
                         report.chunks_freed += 1;
                         report.bytes_freed += size;
@@ -404,15 +405,15 @@ impl Node {
                         self.note_freed(*key);
                         freed.push(*key);
                     }
-                    None if self.store.meta(key).is_some() => report.kept_young += 1,
+                    None if core.store.meta(key).is_some() => report.kept_young += 1,
                     None => {}
                 }
             }
-            self.update_gc(|s| {
+            self.update(|s| {
                 s.chunks_freed += freed.len() as u64;
                 s.bytes_freed += batch_bytes;
             });
-            let by_holder = drops_by_holder(&sorted, &freed, self.cfg.replicas, &self.me.id);
+            let by_holder = drops_by_holder(&sorted, &freed, core.cfg.replicas, &core.me.id);
             for (holder, keys) in by_holder {
                 let Some(peer) = members.iter().find(|p| p.id == holder) else {
                     continue;
@@ -421,7 +422,7 @@ impl Node {
                     keys,
                     grace_ms: grace.as_millis() as u64,
                 };
-                match self.call(peer, req).await {
+                match core.call(peer, req).await {
                     Ok(Response::Dropped { chunks, bytes }) => {
                         report.peer_chunks_freed += chunks;
                         report.peer_bytes_freed += bytes;
@@ -445,20 +446,21 @@ impl Node {
     }
 
     /// Runs a sweep every `gc_every` until shutdown (none when it is zero).
-    pub async fn run_gc(self: Arc<Self>) {
-        if self.cfg.gc_every.is_zero() {
+    pub async fn run(&self) {
+        let core = &self.core;
+        if core.cfg.gc_every.is_zero() {
             return;
         }
         loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.cfg.gc_every) => {}
+                _ = core.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(core.cfg.gc_every) => {}
             }
-            if self.leaving.load(Ordering::Acquire) {
+            if core.is_leaving() {
                 return;
             }
-            if let Err(e) = self.gc_sweep().await {
+            if let Err(e) = self.sweep().await {
                 tracing::info!("gc sweep skipped: {e}");
             }
         }
@@ -466,7 +468,7 @@ impl Node {
 
     /// Answers `CollectGarbage`.
     pub async fn collect_garbage(&self) -> Response {
-        match self.gc_sweep().await {
+        match self.sweep().await {
             Ok(r) => Response::Collected(r),
             Err(GcError::Store(e)) => {
                 Response::error(crate::proto::ErrorKind::Storage, e.to_string())

@@ -7,12 +7,15 @@
 //! `leaving`, it hands off every key). Copy, verify, then drop: a key is never without a
 //! readable copy while it moves.
 
-use super::node::Node;
+use super::core::Core;
 use crate::id::Id;
 use crate::net::RpcError;
 use crate::proto::{Held, Peer, Request, Response, KEYS_MAX};
+use crate::ring::placement::holders_from_lookup;
 use crate::store::{EntryKind, Meta};
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 // Tokio's clock, so the throttle follows paused (simulated) time in tests.
 use tokio::time::Instant;
@@ -75,22 +78,68 @@ impl Throttle {
     }
 }
 
-impl Node {
-    pub(super) fn update_repair(&self, f: impl FnOnce(&mut RepairStatus)) {
-        f(&mut self.repair.lock().expect("repair lock"));
+/// The repair subsystem (with scrubbing, `scrub.rs`): its status and the marks of keys
+/// found outside this node's range.
+pub struct Repair {
+    pub core: Arc<Core>,
+    // Never held across an await: read or updated in one go.
+    pub status: Mutex<RepairStatus>,
+    /// Records this node holds outside its range, since when (see `repair_group`).
+    // Never held across an await: one map operation at a time.
+    pub strays: Mutex<HashMap<Id, tokio::time::Instant>>,
+    /// Keys this node holds but found outside its range in its last pass: it answers
+    /// them as [`Held::Stray`] (see `repair_group`).
+    // Never held across an await: one set operation at a time.
+    pub handing_off: Mutex<HashSet<Id>>,
+}
+
+impl Repair {
+    pub fn new(core: Arc<Core>) -> Repair {
+        Repair {
+            core,
+            status: Mutex::new(RepairStatus::default()),
+            strays: Mutex::new(HashMap::new()),
+            handing_off: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A copy of the status (readable even if a holder of the lock panicked).
+    pub fn status(&self) -> RepairStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn update(&self, f: impl FnOnce(&mut RepairStatus)) {
+        f(&mut self.status.lock().expect("repair lock"));
+    }
+
+    /// `HaveKeys`: the versions held here, keys being handed off as [`Held::Stray`] (a
+    /// copy on its way out must not be counted among the R).
+    pub fn held(&self, keys: &[Id]) -> Vec<Held> {
+        let strays = self.handing_off.lock().expect("handing_off lock");
+        keys.iter()
+            .map(|k| match self.core.store.meta(k) {
+                None => Held::No,
+                Some(m) if strays.contains(k) => Held::Stray(m.version),
+                Some(m) => Held::Kept(m.version),
+            })
+            .collect()
     }
 
     /// One pass over every key held here. Returns how many keys could not be settled
     /// (a rightful holder unreachable, or still to be handed off when leaving).
-    pub async fn repair_pass(&self, leaving: bool) -> Result<usize, RpcError> {
+    pub async fn pass(&self, leaving: bool) -> Result<usize, RpcError> {
+        let core = &self.core;
         let started = Instant::now();
-        let keys = self.store.keys();
+        let keys = core.store.keys();
         // Forget the marks of keys gone since (dropped by garbage collection).
         self.handing_off
             .lock()
             .expect("handing_off lock")
-            .retain(|k| self.store.meta(k).is_some());
-        self.update_repair(|s| {
+            .retain(|k| core.store.meta(k).is_some());
+        self.update(|s| {
             s.running = true;
             s.keys_total = keys.len() as u64;
             s.keys_checked = 0;
@@ -98,7 +147,7 @@ impl Node {
         let mut throttle = Throttle {
             start: Instant::now(),
             bytes: 0,
-            rate: self.cfg.repair_bytes_per_sec,
+            rate: core.cfg.repair_bytes_per_sec,
         };
         let mut unsettled = 0usize;
         let mut under = 0u64;
@@ -107,10 +156,10 @@ impl Node {
             if i >= keys.len() {
                 break Ok(());
             }
-            if self.shutdown.is_cancelled() && !leaving {
+            if core.shutdown.is_cancelled() && !leaving {
                 break Ok(());
             }
-            let (from, successors, _) = match self.lookup(&keys[i].0, leaving).await {
+            let (from, successors, _) = match core.lookup(&keys[i].0, leaving).await {
                 Ok(found) => found,
                 // A leave goes on with the other keys: over a lossy network, stopping at
                 // the first failed lookup left most keys untried pass after pass.
@@ -127,34 +176,19 @@ impl Node {
             while j < keys.len() && keys[j].0.in_open_closed(&from.id, &owner) {
                 j += 1;
             }
-            let mut holders: Vec<Peer> = Vec::new();
-            for p in successors {
-                if holders.len() < self.cfg.replicas && !holders.iter().any(|h| h.id == p.id) {
-                    holders.push(p);
-                }
-            }
-            // A successor list never names its own node, so on a ring of R nodes or fewer
-            // `from`'s list stops short of it although it is the last holder (the ring
-            // wraps back to it). Without this, a node of a small ring would count itself
-            // out and drop its copy.
-            let from_gone = leaving && from.id == self.me.id;
-            if holders.len() < self.cfg.replicas
-                && !from_gone
-                && !holders.iter().any(|h| h.id == from.id)
-            {
-                holders.push(from.clone());
-            }
+            let from_gone = leaving && from.id == core.me.id;
+            let holders = holders_from_lookup(&from, successors, core.cfg.replicas, from_gone);
             let (left, short) = self
                 .repair_group(&keys[i..j], &holders, leaving, &mut throttle)
                 .await;
             unsettled += left;
             under += short;
             let done = j as u64;
-            self.update_repair(|s| s.keys_checked = done);
+            self.update(|s| s.keys_checked = done);
             i = j;
         };
         let ms = started.elapsed().as_millis() as u64;
-        self.update_repair(|s| {
+        self.update(|s| {
             s.running = false;
             s.passes += 1;
             s.last_pass_ms = ms;
@@ -173,8 +207,9 @@ impl Node {
         leaving: bool,
         throttle: &mut Throttle,
     ) -> (usize, u64) {
-        let keep_here = !leaving && holders.iter().any(|p| p.id == self.me.id);
-        let others: Vec<&Peer> = holders.iter().filter(|p| p.id != self.me.id).collect();
+        let core = &self.core;
+        let keep_here = !leaving && holders.iter().any(|p| p.id == core.me.id);
+        let others: Vec<&Peer> = holders.iter().filter(|p| p.id != core.me.id).collect();
         // Mark our copies stray *before* asking anyone, and keep the mark until they are
         // dropped (or found ours again): a peer asking meanwhile gets `Held::Stray` and
         // does not count this copy. So of two nodes that each take the other for a
@@ -195,7 +230,7 @@ impl Node {
             for (batch_no, batch) in group.chunks(KEYS_MAX / 4).enumerate() {
                 let base = batch_no * (KEYS_MAX / 4);
                 let keys: Vec<Id> = batch.iter().map(|(k, _)| *k).collect();
-                let held = match self.call(peer, Request::HaveKeys { keys }).await {
+                let held = match core.call(peer, Request::HaveKeys { keys }).await {
                     Ok(Response::Held(v)) if v.len() == batch.len() => v,
                     _ => continue,
                 };
@@ -226,10 +261,10 @@ impl Node {
         // successor list cut short by timeouts). Dropping after fewer than R confirmed
         // copies lets such views delete every copy, one node after another: keep ours
         // unless R others have it (or this node is leaving anyway).
-        let may_drop = needed > 0 && (leaving || needed >= self.cfg.replicas);
+        let may_drop = needed > 0 && (leaving || needed >= core.cfg.replicas);
         for ((key, meta), c) in group.iter().zip(confirmed) {
             let copies = c + usize::from(keep_here);
-            if copies < self.cfg.replicas.min(holders.len()) {
+            if copies < core.cfg.replicas.min(holders.len()) {
                 under += 1;
             }
             if keep_here {
@@ -240,13 +275,13 @@ impl Node {
                 if meta.kind == EntryKind::Record && !leaving && !self.stray_record_expired(key) {
                     continue;
                 }
-                if self.store.delete(key).is_ok() {
+                if core.store.delete(key).is_ok() {
                     self.strays.lock().expect("strays lock").remove(key);
                     self.handing_off
                         .lock()
                         .expect("handing_off lock")
                         .remove(key);
-                    self.update_repair(|s| s.keys_dropped += 1);
+                    self.update(|s| s.keys_dropped += 1);
                 }
             } else {
                 unsettled += 1;
@@ -265,7 +300,7 @@ impl Node {
     /// version number (found by the simulation, CHORDFS_SIM_SEED=88). Chunks never
     /// change, so a stale copy of one can do no such harm; they go at once.
     fn stray_record_expired(&self, key: &Id) -> bool {
-        let hold = self.cfg.repair_every * 10;
+        let hold = self.core.cfg.repair_every * 10;
         let now = tokio::time::Instant::now();
         let mut strays = self.strays.lock().expect("strays lock");
         let since = *strays.entry(*key).or_insert(now);
@@ -274,11 +309,12 @@ impl Node {
 
     /// Gives `peer` this node's copy of `key`. False when it could not.
     async fn push(&self, peer: &Peer, key: &Id, meta: &Meta, throttle: &mut Throttle) -> bool {
+        let core = &self.core;
         let req = match meta.kind {
             // The copy keeps this one's age, so that garbage collection sees an
             // unreferenced chunk as old on every holder (see gc.rs).
-            EntryKind::Chunk => match self.store.get_chunk(*key).await {
-                Ok(Some(data)) => match self.store.chunk_age(key) {
+            EntryKind::Chunk => match core.store.get_chunk(*key).await {
+                Ok(Some(data)) => match core.store.chunk_age(key) {
                     Some(age) => Request::PutChunkCopy {
                         key: *key,
                         data,
@@ -294,8 +330,8 @@ impl Node {
             // copy of a write that then failed, and the copy won over an acknowledged one).
             EntryKind::Record => {
                 let held = {
-                    let _guard = self.store.lock_record(key).await;
-                    self.store.get_record(*key).await
+                    let _guard = core.store.lock_record(key).await;
+                    core.store.get_record(*key).await
                 };
                 match held {
                     Ok(Some((version, record))) => Request::PutRecordCopy {
@@ -308,9 +344,9 @@ impl Node {
                 }
             }
         };
-        match self.call(peer, req).await {
+        match core.call(peer, req).await {
             Ok(Response::Ok) | Ok(Response::Stored { .. }) => {
-                self.update_repair(|s| {
+                self.update(|s| {
                     s.keys_pushed += 1;
                     s.bytes_pushed += meta.size;
                 });
@@ -339,14 +375,15 @@ impl Node {
     /// Keys held here and this node's role for each: primary when the key falls in this
     /// node's own range, replica otherwise. Uses only the local table, so it is cheap.
     pub fn roles(&self) -> Vec<(Id, Meta, &'static str)> {
-        let r = self.snapshot();
+        let r = self.core.snapshot();
         let pred = r.predecessor.clone();
-        self.store
+        self.core
+            .store
             .keys()
             .into_iter()
             .map(|(k, m)| {
                 let role = match &pred {
-                    Some(p) if k.in_open_closed(&p.id, &self.me.id) => "primary",
+                    Some(p) if k.in_open_closed(&p.id, &self.core.me.id) => "primary",
                     None => "primary",
                     Some(_) => "replica",
                 };

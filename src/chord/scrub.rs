@@ -3,7 +3,7 @@
 //! A bad copy is dropped by the store's verified read; repair then fetches a good one
 //! from the other holders (it is woken at once).
 
-use super::node::Node;
+use super::repair::Repair;
 use crate::store::EntryKind;
 use std::sync::atomic::Ordering;
 
@@ -12,18 +12,19 @@ pub const SCRUB_BYTES_PER_STEP: u64 = 64 * 1024 * 1024;
 /// Keys fetched from the index at a time.
 const SCRUB_BATCH: usize = 256;
 
-impl Node {
+impl Repair {
     /// Verifies up to `budget` bytes of stored copies, resuming after the key where the
     /// previous step stopped. Returns how many bad copies it dropped.
     pub async fn scrub_step(&self, budget: u64) -> u64 {
+        let core = &self.core;
         let mut spent = 0u64;
         let mut dropped = 0u64;
-        let before = self.store.corrupt_found.load(Ordering::Relaxed);
-        while spent < budget && !self.shutdown.is_cancelled() {
-            let cursor = self.repair.lock().expect("repair lock").scrub_cursor;
-            let batch = self.store.keys_after(cursor, SCRUB_BATCH);
+        let before = core.store.corrupt_found.load(Ordering::Relaxed);
+        while spent < budget && !core.shutdown.is_cancelled() {
+            let cursor = self.status.lock().expect("repair lock").scrub_cursor;
+            let batch = core.store.keys_after(cursor, SCRUB_BATCH);
             if batch.is_empty() {
-                self.update_repair(|s| {
+                self.update(|s| {
                     s.scrub_cursor = None;
                     s.scrub_passes += 1;
                 });
@@ -31,14 +32,14 @@ impl Node {
             }
             for (key, meta) in batch {
                 let ok = match meta.kind {
-                    EntryKind::Chunk => self.store.check_chunk(key).await.is_ok(),
-                    EntryKind::Record => self.store.get_record(key).await.is_ok(),
+                    EntryKind::Chunk => core.store.check_chunk(key).await.is_ok(),
+                    EntryKind::Record => core.store.get_record(key).await.is_ok(),
                 };
                 if !ok {
                     tracing::warn!("scrub: cannot read {}", key.short());
                 }
                 spent += meta.size;
-                self.update_repair(|s| {
+                self.update(|s| {
                     s.scrub_cursor = Some(key);
                     s.scrubbed_keys += 1;
                     s.scrubbed_bytes += meta.size;
@@ -48,11 +49,11 @@ impl Node {
                 }
             }
         }
-        let found = self.store.corrupt_found.load(Ordering::Relaxed) - before;
+        let found = core.store.corrupt_found.load(Ordering::Relaxed) - before;
         if found > 0 {
             tracing::warn!("scrub: dropped {found} bad copies; repair will restore them");
             dropped += found;
-            self.repair_wake.notify_one();
+            core.repair_wake.notify_one();
         }
         dropped
     }
@@ -89,12 +90,12 @@ mod tests {
         // A small budget: several steps to cover everything, resuming each time.
         let mut dropped = 0;
         for _ in 0..20 {
-            dropped += node.scrub_step(3000).await;
+            dropped += node.repair.scrub_step(3000).await;
         }
         assert_eq!(dropped, 1);
         assert!(store.meta(&bad).is_none(), "the bad copy is gone");
         assert_eq!(store.keys().len(), 9, "the good copies stay");
-        let st = node.repair.lock().unwrap().clone();
+        let st = node.repair.status();
         assert!(st.scrub_passes >= 1 && st.scrubbed_keys >= 10, "{st:?}");
     }
 }

@@ -1,14 +1,12 @@
 //! Chunks and records on the ring, with replica fallback and retries bounded in time.
 
+use super::retry::Retry;
 use super::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::net::RpcError;
 use crate::proto::{ErrorKind, Peer, Record, Request, Response};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Duration;
-// Tokio's clock, so op timeouts follow paused (simulated) time in tests.
-use tokio::time::Instant;
 
 /// Outcome of a compare-and-set.
 #[derive(Debug, PartialEq)]
@@ -27,20 +25,6 @@ impl Client {
         view.successors_of(key, view.replicas + 2)
     }
 
-    async fn backoff(&self, started: Instant, attempt: u32, what: &str, last: &str) -> Result<()> {
-        if started.elapsed() >= self.cfg.op_timeout {
-            return Err(ClientError::Unavailable {
-                what: what.to_string(),
-                last: last.to_string(),
-            });
-        }
-        let ms = (20u64 << attempt.min(6)).min(500);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        // Membership may have changed: look again before the next try.
-        let _ = self.refresh_view().await;
-        Ok(())
-    }
-
     async fn call(&self, peer: &Peer, req: Request) -> Result<Response, RpcError> {
         self.net.call(&peer.addr, req, self.cfg.rpc_timeout).await
     }
@@ -48,9 +32,8 @@ impl Client {
     /// Stores a chunk and returns its key once min(R, live) copies are durable.
     pub async fn put_chunk(&self, data: Bytes) -> Result<Id> {
         let key = Id::hash(&data);
-        let started = Instant::now();
-        let mut last = String::new();
-        for attempt in 0.. {
+        let mut retry = Retry::new(self, format!("chunk {}", key.short()), "");
+        loop {
             for peer in self.candidates(&key).into_iter().take(2) {
                 let req = Request::PutChunk {
                     key,
@@ -59,19 +42,12 @@ impl Client {
                 };
                 match self.call(&peer, req).await {
                     Ok(Response::Stored { .. }) => return Ok(key),
-                    Ok(other) => last = format!("{} answered {other:?}", peer.addr),
-                    Err(e) => {
-                        if e.is_unreachable() {
-                            self.view.forget(&peer.id);
-                        }
-                        last = e.to_string();
-                    }
+                    Ok(other) => retry.unexpected(&peer, &other),
+                    Err(e) => retry.failed(&peer, &e),
                 }
             }
-            self.backoff(started, attempt, &format!("chunk {}", key.short()), &last)
-                .await?;
+            retry.pause().await?;
         }
-        unreachable!("the retry loop returns")
     }
 
     /// Fetches a chunk, verifying its hash; a bad or missing copy sends the read to the
@@ -93,11 +69,14 @@ impl Client {
 
     /// One fetch of a chunk from its holders, for [`Client::get_chunk`].
     async fn fetch_chunk(&self, key: &Id) -> Result<Bytes> {
-        let started = Instant::now();
-        let mut last = String::from("not found on any replica");
-        for attempt in 0..4u32 {
+        let mut retry = Retry::new(
+            self,
+            format!("chunk {}", key.short()),
+            "not found on any replica",
+        );
+        for _ in 0..4u32 {
             let mut peers = self.candidates(key);
-            if attempt > 0 {
+            if retry.attempt > 0 {
                 if let Ok(found) = self.lookup(key).await {
                     for p in found {
                         if !peers.iter().any(|q| q.id == p.id) {
@@ -112,40 +91,30 @@ impl Client {
                         if Id::hash(&data) == *key {
                             return Ok(data);
                         }
-                        last = format!("{} sent a copy that fails its hash", peer.addr);
+                        retry.last = format!("{} sent a copy that fails its hash", peer.addr);
                         // The node serves copies it checked once without hashing them
                         // again: tell it, so it checks the disk and repairs.
                         let _ = self.call(&peer, Request::CheckChunk { key: *key }).await;
                     }
                     Ok(Response::NotFound) => {}
-                    Ok(other) => last = format!("{} answered {other:?}", peer.addr),
-                    Err(e) => {
-                        if e.is_unreachable() {
-                            self.view.forget(&peer.id);
-                        }
-                        last = e.to_string();
-                    }
+                    Ok(other) => retry.unexpected(&peer, &other),
+                    Err(e) => retry.failed(&peer, &e),
                 }
             }
-            self.backoff(started, attempt, &format!("chunk {}", key.short()), &last)
-                .await?;
+            retry.pause().await?;
         }
-        Err(ClientError::Unavailable {
-            what: format!("chunk {}", key.short()),
-            last,
-        })
+        Err(retry.unavailable())
     }
 
     /// Reads a record from its primary (which first catches up from its replicas), or,
     /// when the primary is down, the newest copy among the replicas.
     pub async fn get_record(&self, key: &Id) -> Result<Option<(u64, Record)>> {
-        let started = Instant::now();
-        let mut last: String;
-        for attempt in 0.. {
+        let mut retry = Retry::new(self, format!("record {}", key.short()), "");
+        loop {
             let peers = self.candidates(key);
             let Some(primary) = peers.first().cloned() else {
-                self.backoff(started, attempt, "record", "empty ring view")
-                    .await?;
+                retry.last = "empty ring view".into();
+                retry.pause().await?;
                 continue;
             };
             match self
@@ -160,15 +129,14 @@ impl Client {
             {
                 Ok(Response::Record { version, record }) => return Ok(Some((version, record))),
                 Ok(Response::NotFound) => return Ok(None),
-                Ok(other) => last = format!("{} answered {other:?}", primary.addr),
+                Ok(other) => retry.unexpected(&primary, &other),
                 Err(RpcError::Remote {
                     kind: ErrorKind::WrongNode,
                     message,
                     ..
-                }) => last = message,
+                }) => retry.last = message,
                 Err(e) if e.is_unreachable() => {
-                    self.view.forget(&primary.id);
-                    last = e.to_string();
+                    retry.failed(&primary, &e);
                     // Primary down: the newest replica copy is the record.
                     let mut best: Option<(u64, Record)> = None;
                     let mut answered = 0;
@@ -193,12 +161,10 @@ impl Client {
                         return Ok(best);
                     }
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => retry.failed(&primary, &e),
             }
-            self.backoff(started, attempt, &format!("record {}", key.short()), &last)
-                .await?;
+            retry.pause().await?;
         }
-        unreachable!("the retry loop returns")
     }
 
     /// A record as the key's primary holds it, without its catch-up from the replicas:
@@ -221,15 +187,14 @@ impl Client {
     /// Compare-and-set at the key's primary: `expect` is the version read (0: absent).
     pub async fn cas_record(&self, key: &Id, expect: u64, record: Record) -> Result<Cas> {
         let mut expect = expect;
-        let started = Instant::now();
-        let mut last: String;
+        let mut retry = Retry::new(self, format!("record {}", key.short()), "");
         // An earlier attempt may have been applied although its answer never came (the
         // primary died or timed out after writing).
         let mut maybe_applied = false;
-        for attempt in 0.. {
+        loop {
             let Some(primary) = self.candidates(key).first().cloned() else {
-                self.backoff(started, attempt, "record", "empty ring view")
-                    .await?;
+                retry.last = "empty ring view".into();
+                retry.pause().await?;
                 continue;
             };
             let req = Request::CasRecord {
@@ -251,31 +216,24 @@ impl Client {
                             if v == current && held == record {
                                 expect = current;
                                 maybe_applied = false;
+                                retry.again();
                                 continue;
                             }
                         }
                     }
-                    tracing::debug!(key = %key.short(), expect, current, attempt, "cas conflict");
+                    tracing::debug!(key = %key.short(), expect, current, attempt = retry.attempt, "cas conflict");
                     return Ok(Cas::Conflict(current));
                 }
-                Ok(other) => last = format!("{} answered {other:?}", primary.addr),
+                Ok(other) => retry.unexpected(&primary, &other),
                 Err(e) => {
                     // Refused before acting: the request was not applied.
-                    let refused = matches!(
-                        &e,
-                        crate::net::RpcError::Connect { .. } | crate::net::RpcError::Auth { .. }
-                    );
+                    let refused = matches!(&e, RpcError::Connect { .. } | RpcError::Auth { .. });
                     maybe_applied |= !refused;
-                    if e.is_unreachable() {
-                        self.view.forget(&primary.id);
-                    }
-                    last = e.to_string();
+                    retry.failed(&primary, &e);
                 }
             }
-            tracing::debug!(key = %key.short(), attempt, "cas retry: {last}");
-            self.backoff(started, attempt, &format!("record {}", key.short()), &last)
-                .await?;
+            tracing::debug!(key = %key.short(), attempt = retry.attempt, "cas retry: {}", retry.last);
+            retry.pause().await?;
         }
-        unreachable!("the retry loop returns")
     }
 }

@@ -7,14 +7,15 @@
 //!                               \/
 //!  kv.rs     chunks (content-addressed, cached) and records (versioned, CAS)
 //!                               |
-//!  ring.rs   sorted membership: the key's primary in one hop, Chord lookup when stale
+//!  view.rs   sorted membership: the key's primary in one hop, Chord lookup when stale
 //! ```
 
 pub mod files;
 pub mod kv;
-pub mod ring;
+mod retry;
 pub mod status;
 pub mod tree;
+pub mod view;
 
 use crate::net::{RpcError, TcpTransport, Transport};
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use files::Progress;
-pub use ring::RingView;
+pub use view::RingView;
 
 /// Default chunk size: 256 KiB measured as fast as 1-8 MiB for put and faster for get
 /// here, with 4x less read-modify-write for small random writes (README).
@@ -97,7 +98,7 @@ impl ClientConfig {
 pub struct Client {
     pub cfg: ClientConfig,
     pub(crate) net: Arc<dyn Transport>,
-    pub(crate) view: ring::ViewCell,
+    pub(crate) view: view::ViewCell,
     pub(crate) cache: moka::future::Cache<crate::id::Id, Bytes>,
 }
 
@@ -126,7 +127,7 @@ impl Client {
             .weigher(|_k: &crate::id::Id, v: &Bytes| v.len().min(u32::MAX as usize) as u32)
             .build();
         let client = Arc::new(Client {
-            view: ring::ViewCell::default(),
+            view: view::ViewCell::default(),
             net,
             cfg,
             cache,

@@ -6,6 +6,7 @@
 //! name pointing at nothing.
 
 use super::kv::Cas;
+use super::retry::Retry;
 use super::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::proto::record::root_id;
@@ -234,9 +235,12 @@ impl Client {
     /// `NotFound`, as for a name someone else removed: its inode keeps one link too
     /// many (an unreferenced inode, at worst), never one too few.
     pub async fn edit_dir(&self, key: &Id, edit: Edit) -> Result<(u64, Option<DirEntry>)> {
-        let started = tokio::time::Instant::now();
-        let mut last = String::from("empty ring view");
-        for attempt in 0..CAS_ATTEMPTS {
+        let mut retry = Retry::new(
+            self,
+            format!("directory {}", key.short()),
+            "empty ring view",
+        );
+        while retry.attempt < CAS_ATTEMPTS {
             let view = self.view.get();
             if let Some(primary) = view.successors_of(key, 1).first() {
                 let req = Request::EditRecord {
@@ -253,29 +257,19 @@ impl Client {
                     Ok(Response::Conflict { current }) => {
                         // The primary was behind a replica and has caught up: again.
                         tracing::debug!(key = %key.short(), current, "edit met a newer replica");
-                        contention_pause(attempt).await;
+                        contention_pause(retry.attempt).await;
+                        retry.again();
                         continue;
                     }
-                    Ok(other) => last = format!("{} answered {other:?}", primary.addr),
-                    Err(e) => {
-                        if e.is_unreachable() {
-                            self.view.forget(&primary.id);
-                        }
-                        last = e.to_string();
-                    }
+                    Ok(other) => retry.unexpected(primary, &other),
+                    Err(e) => retry.failed(primary, &e),
                 }
             }
-            if started.elapsed() >= self.cfg.op_timeout {
+            if retry.pause().await.is_err() {
                 break;
             }
-            let ms = (20u64 << attempt.min(6)).min(500);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            let _ = self.refresh_view().await;
         }
-        Err(ClientError::Unavailable {
-            what: format!("directory {}", key.short()),
-            last,
-        })
+        Err(retry.unavailable())
     }
 
     /// Resolves a path to its inode.

@@ -28,7 +28,7 @@ pub(super) async fn chunks(
     State(side): State<Sidecar>,
     Query(q): Query<ChunksQuery>,
 ) -> impl IntoResponse {
-    let roles = side.node.roles();
+    let roles = side.node.repair.roles();
     let count = roles.len();
     let bytes: u64 = roles.iter().map(|(_, m, _)| m.size).sum();
     let limit = q.limit.unwrap_or(usize::MAX);
@@ -99,7 +99,7 @@ async fn walk_files(node: &Node, client: Arc<Client>) -> Result<FilesJson, ApiEr
     let started = Instant::now();
     let routing = node.snapshot();
     let mut out = FilesJson {
-        id: node.me.id.to_hex(),
+        id: node.me().id.to_hex(),
         files: Vec::new(),
         inodes_walked: 0,
         truncated: false,
@@ -186,7 +186,7 @@ fn held_file(
         if *key == Id::ZERO || !distinct.insert(*key) {
             continue;
         }
-        if let Some(meta) = node.store.meta(key) {
+        if let Some(meta) = node.store().meta(key) {
             held.push(HeldChunk {
                 hash: key.to_hex(),
                 index,
@@ -205,7 +205,7 @@ fn held_file(
         chunks_total: distinct.len(),
         chunks_held: held.len(),
         bytes_held: held.iter().map(|c| c.size).sum(),
-        inode_role: node.store.meta(&id).map(|_| role_of(routing, &id)),
+        inode_role: node.store().meta(&id).map(|_| role_of(routing, &id)),
         chunks: held,
     })
 }
@@ -215,7 +215,7 @@ fn held_file(
 pub(super) async fn files(State(side): State<Sidecar>) -> Result<impl IntoResponse, ApiError> {
     let client = side.client().await?;
     // Membership may have changed since the client was made.
-    let _ = client.refresh_view_from(&side.node.me.addr).await;
+    let _ = client.refresh_view_from(&side.node.me().addr).await;
     // The walk stops itself at its deadline; this only guards against a stuck read.
     match tokio::time::timeout(WALK_DEADLINE * 2, walk_files(&side.node, client)).await {
         Ok(r) => r.map(|f| {

@@ -12,13 +12,13 @@
 //! 4xx/5xx status. `/ring`, `/files` and the page reach the ring through one client
 //! connected to this node, made on first use and kept.
 
-use crate::chord::routing::Routing;
 use crate::chord::Node;
 use crate::client::status::{arc, ring_status, NodeRow};
 use crate::client::{Client, ClientConfig};
 use crate::id::Id;
 use crate::proto::record::root_id;
 use crate::proto::{Kind, NodeStats, Peer};
+use crate::ring::Routing;
 use crate::store::EntryKind;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode, Uri};
@@ -107,7 +107,7 @@ impl IntoResponse for ApiError {
 impl Sidecar {
     /// The client connected to this node, made on first use.
     async fn client(&self) -> Result<Arc<Client>, ApiError> {
-        let addr = self.node.me.addr.clone();
+        let addr = self.node.me().addr.clone();
         self.client
             .get_or_try_init(|| async {
                 let mut cfg = ClientConfig::new(addr.clone());
@@ -127,7 +127,7 @@ impl Sidecar {
         let work = async {
             let client = self.client().await?;
             let view = client
-                .refresh_view_from(&self.node.me.addr)
+                .refresh_view_from(&self.node.me().addr)
                 .await
                 .map_err(|e| unavailable(format!("cannot walk the ring: {e}")))?;
             let rows = ring_status(&client, &view).await;
@@ -247,22 +247,18 @@ fn status_of(side: &Sidecar) -> StatusJson {
     let routing = node.snapshot();
     let stats: NodeStats = node.stats();
     let (mut primary_keys, mut replica_keys) = (0, 0);
-    for (key, _) in node.store.keys() {
+    for (key, _) in node.store().keys() {
         match role_of(&routing, &key) {
             "primary" => primary_keys += 1,
             _ => replica_keys += 1,
         }
     }
-    let repair = node
-        .repair
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let c = &node.counters;
+    let repair = node.repair.status();
+    let c = &node.core.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     StatusJson {
-        id: node.me.id.to_hex(),
-        addr: node.me.addr.clone(),
+        id: node.me().id.to_hex(),
+        addr: node.me().addr.clone(),
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: side.started.elapsed().as_secs(),
         predecessor: routing.predecessor.clone(),
@@ -272,12 +268,12 @@ fn status_of(side: &Sidecar) -> StatusJson {
             .into_iter()
             .map(|(i, p)| FingerJson {
                 start_bit: i,
-                start: node.me.id.add_pow2(i).to_hex(),
+                start: node.me().id.add_pow2(i).to_hex(),
                 id: p.id.to_hex(),
                 addr: p.addr,
             })
             .collect(),
-        replicas: node.cfg.replicas,
+        replicas: node.cfg().replicas,
         successor_list_len: routing.list_len,
         chunks: stats.chunks,
         records: stats.records,
@@ -287,12 +283,12 @@ fn status_of(side: &Sidecar) -> StatusJson {
         primary_keys,
         replica_keys,
         share: primary_share(&routing),
-        leaving: node.leaving.load(Ordering::Acquire),
+        leaving: node.core.is_leaving(),
         repair: RepairJson {
             progress: repair.progress(),
             status: repair,
         },
-        gc: node.gc.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        gc: node.gc.status(),
         counters: CountersJson {
             requests: load(&c.requests),
             chunk_puts: load(&c.chunk_puts),
@@ -301,7 +297,7 @@ fn status_of(side: &Sidecar) -> StatusJson {
             bad_requests: load(&c.bad_requests),
             lookups: load(&c.lookups),
             lookup_hops: load(&c.lookup_hops),
-            corrupt_found: load(&node.store.corrupt_found),
+            corrupt_found: load(&node.store().corrupt_found),
         },
     }
 }

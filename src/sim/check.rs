@@ -5,6 +5,7 @@ use super::cluster::{Cluster, Status, REPLICAS};
 use super::workload::{client_config, Ledger};
 use crate::client::Client;
 use crate::id::Id;
+use crate::ring::placement;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -58,14 +59,13 @@ pub fn live_ring(cl: &Cluster) -> Vec<(Id, usize)> {
 
 /// Position in `ring` of the first id at or after `key`, wrapping.
 fn owner_pos(ring: &[(Id, usize)], key: &Id) -> usize {
-    ring.partition_point(|(id, _)| id < key) % ring.len()
+    placement::owner_index(ring, key).expect("a live ring")
 }
 
 /// The nodes that should hold `key`: its owner and the next ones, R in all.
 fn holders(ring: &[(Id, usize)], key: &Id) -> Vec<usize> {
-    let start = owner_pos(ring, key);
-    (0..REPLICAS.min(ring.len()))
-        .map(|k| ring[(start + k) % ring.len()].1)
+    placement::holders(ring, key, REPLICAS)
+        .map(|(_, i)| *i)
         .collect()
 }
 
@@ -183,7 +183,7 @@ pub async fn lookups(c: &mut Checker, cl: &Cluster, rng: &mut StdRng, keys: usiz
         };
         for key in &keys {
             let want = ring[owner_pos(&ring, key)];
-            let got = node.lookup(key, false).await;
+            let got = node.core.lookup(key, false).await;
             let ok = matches!(&got, Ok((_, s, _)) if s[0].id == want.0);
             c.check(ok, || {
                 format!(

@@ -200,7 +200,7 @@ impl Cluster {
         let n = &mut self.nodes[i];
         n.kill.cancel();
         if let Some(node) = &n.node {
-            node.shutdown.cancel();
+            node.shut_down();
         }
         self.net.detach(&n.addr);
         n.status = Status::Crashed;
@@ -221,7 +221,7 @@ impl Cluster {
                 _ = kill.cancelled() => {}
                 _ = node.leave() => {}
             }
-            node.shutdown.cancel();
+            node.shut_down();
             kill.cancel();
             net.detach(&addr);
             done.store(true, Ordering::Release);
@@ -265,7 +265,7 @@ impl Cluster {
         for n in &mut self.nodes {
             n.kill.cancel();
             if let Some(node) = &n.node {
-                node.shutdown.cancel();
+                node.shut_down();
             }
             self.net.detach(&n.addr);
         }

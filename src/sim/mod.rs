@@ -430,26 +430,19 @@ fn tables(cl: &Cluster) -> Vec<String> {
             let node = cl.nodes[i].node.as_ref()?;
             let r = node.snapshot();
             let name = |p: &crate::proto::Peer| p.addr.clone();
-            let (chunks, records, _) = node.store.counts();
-            let repair = node.repair.lock().expect("repair lock").clone();
-            let lost: Vec<String> = node
-                .lost
-                .lock()
-                .expect("lost lock")
-                .iter()
-                .map(|l| l.peer.addr.clone())
-                .collect();
-            let seen: Vec<String> = node
-                .seen
-                .lock()
-                .expect("seen lock")
-                .iter()
-                .map(|p| p.addr.clone())
-                .collect();
+            let (chunks, records, _) = node.store().counts();
+            let repair = node.repair.status();
+            let (lost, seen): (Vec<String>, Vec<String>) = {
+                let book = node.core.book();
+                (
+                    book.lost_peers().map(name).collect(),
+                    book.seen().iter().map(name).collect(),
+                )
+            };
             Some(format!(
                 "{} {}: predecessor {:?}, successors {:?}, fingers {:?}, lost {lost:?}, seen {seen:?}, {chunks} chunks, {records} records, repair passes {} last error {:?}",
                 cl.nodes[i].addr,
-                node.me.id.short(),
+                node.me().id.short(),
                 r.predecessor.as_ref().map(name),
                 r.successors.iter().map(name).collect::<Vec<_>>(),
                 r.distinct_fingers().iter().map(|(_, p)| name(p)).collect::<Vec<_>>(),
@@ -699,7 +692,7 @@ mod tests {
             let (mut cl, net) = settled_ring(7, 5).await;
             let key = Id::hash(b"revert test");
             let some = cl.nodes[0].node.clone().expect("live");
-            let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+            let (_, holders, _) = some.core.lookup(&key, false).await.expect("lookup");
             let primary = holders[0].addr.clone();
             let client = net.endpoint("client");
             let t = Duration::from_secs(2);
@@ -743,7 +736,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 let via = cl.by_addr(&others[0]);
                 let Some(n) = via.node.clone() else { continue };
-                let Ok((_, h, _)) = n.lookup(&key, false).await else {
+                let Ok((_, h, _)) = n.core.lookup(&key, false).await else {
                     continue;
                 };
                 if let Ok(Response::Stored { .. }) = cas(h[0].addr.clone(), 1, 3).await {
@@ -783,10 +776,15 @@ mod tests {
         let (cl, net) = settled_ring(seed, 5).await;
         let key = Id::hash(b"failed write test");
         let some = cl.nodes[0].node.clone().expect("live");
-        let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+        let (_, holders, _) = some.core.lookup(&key, false).await.expect("lookup");
         let primary = holders[0].addr.clone();
         let node = cl.by_addr(&primary).node.clone().expect("primary live");
-        let succs: Vec<String> = node.replica_targets().into_iter().map(|p| p.addr).collect();
+        let succs: Vec<String> = node
+            .core
+            .replica_targets()
+            .into_iter()
+            .map(|p| p.addr)
+            .collect();
         let client = net.endpoint("client");
         let cas = |expect: u64, tag: u64| {
             client.call(
@@ -838,7 +836,7 @@ mod tests {
             );
         }
         let some = cl.nodes[0].node.clone().expect("live");
-        let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+        let (_, holders, _) = some.core.lookup(&key, false).await.expect("lookup");
         for h in holders.iter().take(3) {
             assert_eq!(
                 held(&cl, &h.addr, key).await,
@@ -887,7 +885,7 @@ mod tests {
             .await;
             let node = cl.by_addr(&primary).node.clone().expect("primary live");
             let pending = || -> Vec<String> {
-                let p = node.pending_take_backs.lock().expect("take-backs lock");
+                let p = node.records.take_backs.lock().expect("take-backs lock");
                 p.iter().map(|t| t.peer.addr.clone()).collect()
             };
             assert_eq!(
@@ -935,7 +933,7 @@ mod tests {
             let (mut cl, net) = settled_ring(11, 5).await;
             let key = Id::hash(b"minority test");
             let some = cl.nodes[0].node.clone().expect("live");
-            let (_, holders, _) = some.lookup(&key, false).await.expect("lookup");
+            let (_, holders, _) = some.core.lookup(&key, false).await.expect("lookup");
             // The key's primary and its successor on one side, the other three apart.
             let small: Vec<String> = holders[..2].iter().map(|p| p.addr.clone()).collect();
             let big: Vec<String> = cl
@@ -945,15 +943,14 @@ mod tests {
                 .filter(|a| !small.contains(a))
                 .collect();
             net.partition(&[small.clone(), big.clone()]);
-            let node_cfg = cl.nodes[0].node.as_ref().expect("live").cfg.clone();
-            let lifetime =
-                node_cfg.check_predecessor_every * crate::chord::reconcile::LOST_TTL_CHECKS;
+            let node_cfg = cl.nodes[0].node.as_ref().expect("live").cfg().clone();
+            let lifetime = node_cfg.check_predecessor_every * crate::chord::core::LOST_TTL_CHECKS;
             tokio::time::sleep(lifetime + Duration::from_secs(10)).await;
 
             let client = net.endpoint("client");
             for addr in &small {
                 let node = cl.by_addr(addr).node.clone().expect("live");
-                let lost = node.lost.lock().expect("lost lock").len();
+                let lost = node.core.book().lost().len();
                 assert!(lost >= big.len(), "{addr} still counts {lost} lost peers");
                 let answer = client
                     .call(
@@ -1061,7 +1058,7 @@ mod tests {
             let mark = |stray: bool| {
                 for &h in &holders {
                     let n = node(h);
-                    let mut handing_off = n.handing_off.lock().expect("handing_off lock");
+                    let mut handing_off = n.repair.handing_off.lock().expect("handing_off lock");
                     if stray {
                         handing_off.insert(key);
                     } else {
@@ -1071,7 +1068,8 @@ mod tests {
             };
             mark(true);
             node(outsider)
-                .repair_pass(false)
+                .repair
+                .pass(false)
                 .await
                 .expect("repair pass");
             assert!(
@@ -1080,7 +1078,8 @@ mod tests {
             );
             mark(false);
             node(outsider)
-                .repair_pass(false)
+                .repair
+                .pass(false)
                 .await
                 .expect("repair pass");
             assert!(
@@ -1121,32 +1120,34 @@ mod tests {
                 nodes.push(node);
             }
             // A settled ring (no maintenance runs: this test drives the one round).
-            nodes.sort_by_key(|n| n.me.id);
+            nodes.sort_by_key(|n| n.me().id);
             let n = nodes.len();
             let after = |i: usize| -> Vec<crate::proto::Peer> {
-                (1..n).map(|k| nodes[(i + k) % n].me.clone()).collect()
+                (1..n).map(|k| nodes[(i + k) % n].me().clone()).collect()
             };
             for (i, node) in nodes.iter().enumerate() {
-                let mut r = node.routing.write().expect("routing lock");
-                r.predecessor = Some(nodes[(i + n - 1) % n].me.clone());
+                let mut r = node.core.routing.write().expect("routing lock");
+                r.predecessor = Some(nodes[(i + n - 1) % n].me().clone());
                 let list = after(i);
                 r.set_successors(list[0].clone(), &list[1..]);
             }
             // Node 0 has a stale view: only node 4, whose predecessor (node 3) lies
             // beyond node 0's true successors.
             let a = nodes[0].clone();
-            a.routing
+            a.core
+                .routing
                 .write()
                 .expect("routing lock")
-                .set_successors(nodes[4].me.clone(), &[]);
+                .set_successors(nodes[4].me().clone(), &[]);
             let round = tokio::spawn({
                 let a = a.clone();
-                async move { a.stabilize().await }
+                async move { a.maintenance.stabilize().await }
             });
             // While it asks node 4, it learns its true successors (as reconcile does).
             tokio::time::sleep(Duration::from_millis(5)).await;
             let list = after(0);
-            a.routing
+            a.core
+                .routing
                 .write()
                 .expect("routing lock")
                 .set_successors(list[0].clone(), &list[1..]);
@@ -1158,7 +1159,8 @@ mod tests {
                 .map(|p| p.addr.clone())
                 .collect();
             assert_eq!(
-                got[0], nodes[1].me.addr,
+                got[0],
+                nodes[1].me().addr,
                 "the stale answer replaced the true successor: {got:?}"
             );
         });

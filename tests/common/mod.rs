@@ -489,17 +489,16 @@ impl Drop for Cluster {
     }
 }
 
-/// The first `r` ids at or after `key` in ring order.
+/// The first `r` ids at or after `key` in ring order (the ring's own placement rule).
 pub fn rightful(sorted: &[Id], key: &Id, r: usize) -> Vec<Id> {
-    let start = sorted.partition_point(|id| id < key) % sorted.len();
-    (0..r.min(sorted.len()))
-        .map(|i| sorted[(start + i) % sorted.len()])
+    chordfs::ring::placement::holders(sorted, key, r)
+        .copied()
         .collect()
 }
 
 /// The owner of `key` among sorted ids: the first id >= key, wrapping.
 pub fn owner(sorted: &[Id], key: &Id) -> Id {
-    *sorted.iter().find(|id| *id >= key).unwrap_or(&sorted[0])
+    *chordfs::ring::placement::owner(sorted, key).expect("a ring of at least one node")
 }
 
 pub async fn list_keys(net: &TcpTransport, addr: &str) -> Result<Vec<KeyInfo>, String> {

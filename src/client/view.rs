@@ -6,11 +6,10 @@ use super::Client;
 use crate::id::Id;
 use crate::net::RpcError;
 use crate::proto::{NodeState, Peer, Request, Response};
-use std::collections::BTreeMap;
+use crate::ring::lookup::{Action, Walk};
+use crate::ring::walk::{MemberWalk, Next};
+use crate::ring::{placement, Step};
 use std::sync::RwLock;
-
-/// Most nodes a walk will visit (bounds a walk of a broken or hostile ring).
-pub const MAX_RING_WALK: usize = 10_000;
 
 #[derive(Clone, Debug, Default)]
 pub struct RingView {
@@ -22,13 +21,7 @@ pub struct RingView {
 impl RingView {
     /// The key's primary and the nodes after it, in ring order (at most `n`).
     pub fn successors_of(&self, key: &Id, n: usize) -> Vec<Peer> {
-        if self.peers.is_empty() {
-            return vec![];
-        }
-        let start = self.peers.partition_point(|p| p.id < *key) % self.peers.len();
-        (0..n.min(self.peers.len()))
-            .map(|i| self.peers[(start + i) % self.peers.len()].clone())
-            .collect()
+        placement::holders(&self.peers, key, n).cloned().collect()
     }
 }
 
@@ -71,40 +64,24 @@ impl Client {
         }
     }
 
-    /// Walks the ring from `seed` along successor lists and replaces the view.
+    /// Walks the ring from `seed` along successor lists and replaces the view (see
+    /// [`MemberWalk::leaping`]).
     pub async fn refresh_view_from(&self, seed: &str) -> Result<RingView, RpcError> {
         let first = self.state_of(seed).await?;
         let replicas = first.replicas.max(1) as usize;
-        let mut members: BTreeMap<Id, Peer> = BTreeMap::new();
-        members.insert(first.me.id, first.me.clone());
-        let start = first.me.id;
-        let mut state = first;
-        for _ in 0..MAX_RING_WALK {
-            for p in &state.successors {
-                members.insert(p.id, p.clone());
+        let mut walk = MemberWalk::leaping(first);
+        let peers = loop {
+            match walk.next_action() {
+                Next::Ask(p) => match self.state_of(&p.addr).await {
+                    Ok(s) => walk.answered(s),
+                    Err(e) => walk.silent(e.to_string()),
+                },
+                Next::Done(peers) => break peers,
+                // A leaping walk neither comes home nor fails: what it found is the view.
+                Next::Home | Next::Failed(_) => break walk.members().cloned().collect(),
             }
-            // Jump to the farthest successor that answers, unless the list wrapped home.
-            let wrapped = state.successors.iter().any(|p| p.id == start);
-            if wrapped || members.len() >= MAX_RING_WALK {
-                break;
-            }
-            let mut next = None;
-            for p in state.successors.iter().rev() {
-                if let Ok(s) = self.state_of(&p.addr).await {
-                    next = Some(s);
-                    break;
-                }
-                members.remove(&p.id);
-            }
-            match next {
-                Some(s) if s.me.id != state.me.id => state = s,
-                _ => break,
-            }
-        }
-        let view = RingView {
-            peers: members.into_values().collect(),
-            replicas,
         };
+        let view = RingView { peers, replicas };
         self.view.set(view.clone());
         Ok(view)
     }
@@ -126,52 +103,41 @@ impl Client {
         }))
     }
 
-    /// A Chord lookup through any live member: the key's owner and its successors.
+    /// A Chord lookup through any live member: the key's owner and its successors (see
+    /// [`Walk::from_client`]).
     pub async fn lookup(&self, key: &Id) -> Result<Vec<Peer>, RpcError> {
         let view = self.view.get();
-        let mut avoid: Vec<Id> = Vec::new();
-        let mut cur = view
+        let first = view
             .successors_of(key, 1)
             .pop()
             .map(|p| p.addr)
             .unwrap_or_else(|| self.cfg.ring.clone());
-        for _ in 0..crate::chord::node::MAX_LOOKUP_HOPS {
-            let resp = self
-                .net
-                .call(
-                    &cur,
-                    Request::FindSuccessor {
-                        key: *key,
-                        avoid: avoid.clone(),
-                    },
-                    self.cfg.rpc_timeout,
-                )
-                .await;
-            match resp {
-                Ok(Response::Found { successors, .. }) => return Ok(successors),
-                Ok(Response::Next { peer }) => cur = peer.addr,
-                Ok(other) => return Err(RpcError::unexpected(&cur, &other)),
-                Err(e) if e.is_unreachable() => {
-                    if let Some(p) = view.peers.iter().find(|p| p.addr == cur) {
-                        avoid.push(p.id);
-                    }
-                    // Start again from a member not yet found dead. Always going back to
-                    // the seed spent every remaining hop on it once the seed itself died.
-                    let failed = cur.clone();
-                    cur = view
-                        .peers
-                        .iter()
-                        .find(|p| !avoid.contains(&p.id) && p.addr != failed)
-                        .map(|p| p.addr.clone())
-                        .unwrap_or_else(|| self.cfg.ring.clone());
+        let mut walk = Walk::from_client(*key, first, view.peers, self.cfg.ring.clone());
+        loop {
+            let cur = match walk.next_action() {
+                Action::Ask(addr) => addr,
+                Action::Found { successors, .. } => return Ok(successors),
+                Action::Local | Action::NotConverged => {
+                    return Err(RpcError::Unexpected {
+                        addr: walk.asked().to_string(),
+                        detail: "lookup did not converge".into(),
+                    })
                 }
+            };
+            let req = Request::FindSuccessor {
+                key: *key,
+                avoid: walk.avoid().to_vec(),
+            };
+            match self.net.call(&cur, req, self.cfg.rpc_timeout).await {
+                Ok(Response::Found { from, successors }) => {
+                    walk.stepped(Step::Found { from, successors })
+                }
+                Ok(Response::Next { peer }) => walk.stepped(Step::Next(peer)),
+                Ok(other) => return Err(RpcError::unexpected(&cur, &other)),
+                Err(e) if e.is_unreachable() => walk.unreachable(),
                 Err(e) => return Err(e),
             }
         }
-        Err(RpcError::Unexpected {
-            addr: cur,
-            detail: "lookup did not converge".into(),
-        })
     }
 }
 

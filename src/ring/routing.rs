@@ -1,6 +1,7 @@
 //! The routing table of one node: predecessor, successor list and fingers. Pure: no I/O,
 //! so lookups and updates are tested (and simulated at 1,000 nodes) without a network.
 
+use super::lookup::{Action, Walk};
 use crate::id::{Id, ID_BITS};
 use crate::proto::Peer;
 
@@ -226,30 +227,40 @@ pub fn converged_tables(ids: &[Id], list_len: usize) -> Vec<Routing> {
         .collect()
 }
 
-/// Hop counts of iterative lookups over converged tables: `(hops, owner)` per lookup.
-pub fn simulate_lookup(tables: &[Routing], start: usize, key: &Id) -> (u32, Id) {
-    let index: std::collections::HashMap<Id, usize> = tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.me.id, i))
-        .collect();
-    simulate_lookup_indexed(tables, &index, start, key)
+/// A converged ring's exact tables, to drive lookups over without a network (tests, and
+/// `examples/lookup_hops.rs`).
+pub struct ConvergedRing {
+    pub tables: Vec<Routing>,
+    by_addr: std::collections::HashMap<String, usize>,
 }
 
-pub fn simulate_lookup_indexed(
-    tables: &[Routing],
-    index: &std::collections::HashMap<Id, usize>,
-    start: usize,
-    key: &Id,
-) -> (u32, Id) {
-    let mut cur = start;
-    for hops in 0..128u32 {
-        match tables[cur].step(key, &[]) {
-            Step::Found { successors, .. } => return (hops, successors[0].id),
-            Step::Next(p) => cur = index[&p.id],
+impl ConvergedRing {
+    pub fn new(ids: &[Id], list_len: usize) -> ConvergedRing {
+        let tables = converged_tables(ids, list_len);
+        let by_addr = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.me.addr.clone(), i))
+            .collect();
+        ConvergedRing { tables, by_addr }
+    }
+
+    /// The member lookup of `key` from `tables[start]`, driven as a node drives it (a
+    /// [`Walk`] from its own table): `(hops, owner)`.
+    pub fn lookup(&self, start: usize, key: &Id) -> (u32, Id) {
+        let mut walk = Walk::from_table(*key, self.tables[start].me.id, false);
+        loop {
+            let step = match walk.next_action() {
+                Action::Local => self.tables[start].step(key, walk.avoid()),
+                Action::Ask(addr) => self.tables[self.by_addr[&addr]].step(key, walk.avoid()),
+                Action::Found {
+                    successors, hops, ..
+                } => return (hops, successors[0].id),
+                Action::NotConverged => panic!("lookup of {key:?} did not converge"),
+            };
+            walk.stepped(step);
         }
     }
-    panic!("lookup did not converge in 128 hops");
 }
 
 #[cfg(test)]
@@ -258,7 +269,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn owner(sorted: &[Id], key: &Id) -> Id {
-        *sorted.iter().find(|id| *id >= key).unwrap_or(&sorted[0])
+        *crate::ring::placement::owner(sorted, key).expect("a ring")
     }
 
     #[test]
@@ -324,19 +335,13 @@ mod tests {
     #[test]
     fn lookups_on_a_thousand_nodes_are_right_and_short() {
         let ids: Vec<Id> = (0..1000u32).map(|i| Id::hash(&i.to_be_bytes())).collect();
-        let tables = converged_tables(&ids, 8);
+        let ring = ConvergedRing::new(&ids, 8);
         let mut sorted = ids.clone();
         sorted.sort();
-        let index = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.me.id, i))
-            .collect();
         let mut total = 0u64;
         for k in 0..2000u32 {
             let key = Id::hash(&(k + 1_000_000).to_be_bytes());
-            let (hops, found) =
-                simulate_lookup_indexed(&tables, &index, (k as usize * 7) % 1000, &key);
+            let (hops, found) = ring.lookup((k as usize * 7) % 1000, &key);
             assert_eq!(found, owner(&sorted, &key));
             total += hops as u64;
         }
@@ -348,12 +353,12 @@ mod tests {
         #[test]
         fn every_start_finds_the_owner(n in 1usize..40, seed in any::<u64>(), key in any::<[u8; 20]>()) {
             let ids: Vec<Id> = (0..n).map(|i| Id::hash(&[seed.to_be_bytes(), (i as u64).to_be_bytes()].concat())).collect();
-            let tables = converged_tables(&ids, 4);
+            let ring = ConvergedRing::new(&ids, 4);
             let mut sorted = ids.clone();
             sorted.sort();
             let key = Id(key);
             for start in 0..n {
-                prop_assert_eq!(simulate_lookup(&tables, start, &key).1, owner(&sorted, &key));
+                prop_assert_eq!(ring.lookup(start, &key).1, owner(&sorted, &key));
             }
         }
     }
