@@ -5,6 +5,7 @@ use super::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::net::RpcError;
 use crate::proto::{ErrorKind, Peer, Record, Request, Response};
+use crate::ring::records::newest_copy;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -137,9 +138,11 @@ impl Client {
                 }) => retry.last = message,
                 Err(e) if e.is_unreachable() => {
                     retry.failed(&primary, &e);
-                    // Primary down: the newest replica copy is the record.
-                    let mut best: Option<(u64, Record)> = None;
-                    let mut answered = 0;
+                    // Primary down: the replicas' copies decide, by the rule the
+                    // primary itself keeps when it catches up (`newest_copy`: within the
+                    // highest version, the body most copies hold). Pinned by
+                    // `a_reader_of_replicas_gets_the_body_most_of_them_hold`.
+                    let mut copies: Vec<(u64, Record)> = Vec::new();
                     for p in peers.iter().skip(1) {
                         if let Ok(Response::Record { version, record }) = self
                             .call(
@@ -151,14 +154,11 @@ impl Client {
                             )
                             .await
                         {
-                            answered += 1;
-                            if best.as_ref().is_none_or(|(v, _)| version > *v) {
-                                best = Some((version, record));
-                            }
+                            copies.push((version, record));
                         }
                     }
-                    if answered > 0 {
-                        return Ok(best);
+                    if !copies.is_empty() {
+                        return Ok(newest_copy(&copies, None));
                     }
                 }
                 Err(e) => retry.failed(&primary, &e),
@@ -235,5 +235,88 @@ impl Client {
             tracing::debug!(key = %key.short(), attempt = retry.attempt, "cas retry: {}", retry.last);
             retry.pause().await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Transport;
+    use crate::proto::{Inode, Kind, NodeState, Timespec};
+    use futures::future::BoxFuture;
+    use std::time::Duration;
+
+    fn peer(b: u8) -> Peer {
+        let mut a = [0u8; 20];
+        a[0] = b;
+        Peer {
+            id: Id(a),
+            addr: format!("n{b}"),
+        }
+    }
+
+    fn rec(size: u64) -> Record {
+        let mut ino = Inode::new(Kind::File, 0o644, 0, 0, Id::ZERO, 4096);
+        ino.size = size;
+        let t = Timespec { secs: 1, nanos: 0 };
+        (ino.atime, ino.mtime, ino.ctime) = (t, t, t);
+        Record::Inode(Box::new(ino))
+    }
+
+    /// Four nodes 10..40; the key's primary (10) is down; its replicas hold version 4,
+    /// one (20, met first) with a failed write's body, two with the acknowledged one.
+    struct Ring;
+
+    impl Transport for Ring {
+        fn call(
+            &self,
+            addr: &str,
+            req: Request,
+            _timeout: Duration,
+        ) -> BoxFuture<'static, Result<Response, RpcError>> {
+            let n: u8 = addr[1..].parse().expect("nN");
+            let answer = match req {
+                _ if n == 10 => Err(RpcError::Connect {
+                    addr: addr.into(),
+                    reason: "down".into(),
+                }),
+                Request::GetState => {
+                    let next = |k: u8| peer((n / 10 + k - 1) % 4 * 10 + 10);
+                    Ok(Response::State(NodeState {
+                        me: peer(n),
+                        predecessor: Some(next(3)),
+                        successors: vec![next(1), next(2), next(3)],
+                        replicas: 3,
+                        lost: vec![],
+                    }))
+                }
+                Request::GetRecord { .. } => Ok(Response::Record {
+                    version: 4,
+                    record: rec(if n == 20 { 9 } else { 7 }),
+                }),
+                other => Ok(Response::error(
+                    ErrorKind::Storage,
+                    format!("unexpected {other:?}"),
+                )),
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_of_replicas_gets_the_body_most_of_them_hold() {
+        let mut cfg = crate::client::ClientConfig::new("n20");
+        cfg.op_timeout = Duration::from_secs(1);
+        let client = Client::with_transport(cfg, Arc::new(Ring)).await.unwrap();
+        // A key whose primary is 10: just after 40, wrapping.
+        let mut key = peer(41).id;
+        key.0[19] = 1;
+        assert_eq!(client.view().successors_of(&key, 1)[0].addr, "n10");
+        let got = client.get_record(&key).await.unwrap();
+        assert_eq!(
+            got,
+            Some((4, rec(7))),
+            "the acknowledged body, not the first met"
+        );
     }
 }
