@@ -8,6 +8,7 @@ use crate::store::Store;
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 /// How long a node started with `--join` keeps trying to join. The member it joins
 /// through may itself be starting; a node restarted on its old address may find its old
@@ -115,11 +116,10 @@ pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
                 source,
             })?;
         http_addr = l.local_addr().ok().map(|a| a.to_string());
-        tasks.push(tokio::spawn(crate::http::serve(
-            l,
-            node.clone(),
-            node.core.shutdown.clone(),
-        )));
+        tasks.push(tokio::spawn(
+            crate::http::serve(l, node.clone(), node.core.shutdown.clone())
+                .instrument(node.core.span.clone()),
+        ));
     }
 
     if let Some(via) = &opts.join {

@@ -19,6 +19,7 @@
 //! - [`client`]: the one client library (CLI and mount).
 //! - [`fs`]: the FUSE driver over the client.
 //! - [`http`]: the status sidecar.
+//! - [`sys`]: the system calls std does not wrap (the one module with `unsafe`).
 //! - [`daemon`]: starting and stopping a node process.
 //! - [`sim`]: deterministic simulation of a ring (seeded faults, invariant checks).
 
@@ -33,3 +34,4 @@ pub mod proto;
 pub mod ring;
 pub mod sim;
 pub mod store;
+pub mod sys;

@@ -96,6 +96,9 @@ pub struct Core {
     /// as anyone's primary (it would take writes with one copy, read keys as absent).
     pub joining: AtomicBool,
     pub shutdown: CancellationToken,
+    /// `node{addr}`: every task and answer of this node runs in it, so the logs of
+    /// several nodes in one process (tests, the simulation) can be told apart.
+    pub span: tracing::Span,
 }
 
 /// Reads this node's id from the data dir, or makes and saves one.
@@ -132,6 +135,7 @@ impl Core {
             addr: cfg.addr.clone(),
         };
         let list_len = cfg.successor_list_len.max(cfg.replicas + 1);
+        let cfg_addr = cfg.addr.clone();
         Core {
             routing: RwLock::new(Routing::new(me.clone(), list_len)),
             book: Mutex::new(PeerBook::new(id)),
@@ -144,6 +148,7 @@ impl Core {
             leaving: AtomicBool::new(false),
             joining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
+            span: tracing::info_span!("node", addr = %cfg_addr),
         }
     }
 

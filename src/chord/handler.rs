@@ -170,7 +170,9 @@ fn refused_while_leaving(req: &Request) -> bool {
 
 impl crate::net::Handler for Node {
     fn handle(self: Arc<Self>, req: Request) -> BoxFuture<'static, Response> {
-        Box::pin(self.dispatch(req))
+        use tracing::Instrument;
+        let span = self.core.span.clone();
+        Box::pin(self.dispatch(req).instrument(span))
     }
 
     fn bad_request(&self) {

@@ -12,6 +12,7 @@ use crate::proto::{NodeState, NodeStats, Peer};
 use crate::ring::Routing;
 use crate::store::Store;
 use std::sync::Arc;
+use tracing::Instrument;
 
 pub struct Node {
     /// Identity, settings, routing table, store, transport, peer book and flags.
@@ -64,12 +65,14 @@ impl Node {
 
     /// Joins the ring through any live member.
     pub async fn join(&self, via: &str) -> Result<(), RpcError> {
-        self.maintenance.join(via).await
+        let span = self.core.span.clone();
+        self.maintenance.join(via).instrument(span).await
     }
 
     /// Graceful leave: see [`Maintenance::leave`].
     pub async fn leave(&self) {
-        self.maintenance.leave(&self.repair).await
+        let span = self.core.span.clone();
+        self.maintenance.leave(&self.repair).instrument(span).await
     }
 
     /// Stops every loop of this node at their next await.
@@ -79,13 +82,19 @@ impl Node {
 
     /// The periodic work of the paper (see [`Maintenance::run`]) until shutdown.
     pub async fn run_maintenance(self: Arc<Self>) {
-        self.maintenance.run().await
+        let span = self.core.span.clone();
+        self.maintenance.run().instrument(span).await
     }
 
     /// Repair passes on a timer, or sooner when membership changes; each pass resends
     /// unconfirmed take-backs first and is followed by a scrub step and, when due, a
     /// checkpoint of the record journal.
     pub async fn run_repair(self: Arc<Self>) {
+        let span = self.core.span.clone();
+        self.repair_loop().instrument(span).await
+    }
+
+    async fn repair_loop(&self) {
         let core = &self.core;
         loop {
             tokio::select! {
@@ -114,6 +123,7 @@ impl Node {
 
     /// Garbage-collection sweeps on their timer (see [`Gc::run`]).
     pub async fn run_gc(self: Arc<Self>) {
-        self.gc.run().await
+        let span = self.core.span.clone();
+        self.gc.run().instrument(span).await
     }
 }

@@ -128,7 +128,7 @@ impl Records {
         drop_oldest_take_backs(&mut pending);
     }
 
-    /// `RevertRecordCopy`: a replica's side of [`Records::take_back`].
+    /// `RevertRecordCopy`: a replica's side of `Records::take_back`.
     pub async fn take_back_copy(
         &self,
         key: Id,

@@ -8,6 +8,8 @@ use super::tree::InodeRef;
 use super::{Client, ClientError, Result};
 use crate::id::Id;
 use crate::proto::{Inode, Kind, Timespec};
+pub use crate::sys::current_ids;
+use crate::sys::start_writeback;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -169,7 +171,7 @@ impl Client {
             .map(|r| joined(r)?)
     }
 
-    /// Streams a whole file to `writer` (see [`Client::blocks`]).
+    /// Streams a whole file to `writer` (see `Client::blocks`).
     pub async fn download<W: AsyncWrite + Unpin>(
         self: &Arc<Self>,
         inode: &Inode,
@@ -192,7 +194,7 @@ impl Client {
     ///
     /// The blocks go to a writer thread of their own, straight from the received frames
     /// (no copy through async buffers), and the kernel is asked to start writing them
-    /// back as they come ([`WRITEBACK_STEP_BYTES`]): left alone it starts only when a
+    /// back as they come (`WRITEBACK_STEP_BYTES`): left alone it starts only when a
     /// tenth of memory is dirty, so the final fsync used to write the whole file after
     /// the download instead of alongside it.
     pub async fn download_to_file(
@@ -323,29 +325,4 @@ fn write_blocks(
         }
     }
     file.sync_all()
-}
-
-/// Asks the kernel to start writing back a range of `file` now, without waiting for it
-/// (only a hint: the fsync that follows is what makes the data durable).
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    #[allow(unsafe_code)]
-    // SAFETY: sync_file_range reads no memory of ours; the descriptor is open for the call.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-/// The calling process's uid and gid.
-pub fn current_ids() -> (u32, u32) {
-    #[allow(unsafe_code)]
-    // SAFETY: getuid and getgid cannot fail and touch no memory.
-    unsafe {
-        (libc::getuid(), libc::getgid())
-    }
 }

@@ -39,6 +39,9 @@ pub const DEFAULT_RING: &str = "127.0.0.1:7400";
 pub enum ClientError {
     #[error("no such file or directory: {0}")]
     NotFound(String),
+    /// An extended attribute the inode does not have.
+    #[error("no such attribute: {0}")]
+    NoAttribute(String),
     #[error("already exists: {0}")]
     Exists(String),
     #[error("not a directory: {0}")]

@@ -11,6 +11,7 @@ use fuser::Errno;
 pub fn errno(e: &ClientError) -> Errno {
     match e {
         ClientError::NotFound(_) => Errno::ENOENT,
+        ClientError::NoAttribute(_) => Errno::ENODATA,
         ClientError::Exists(_) => Errno::EEXIST,
         ClientError::NotDir(_) => Errno::ENOTDIR,
         ClientError::IsDir(_) => Errno::EISDIR,
@@ -48,6 +49,10 @@ mod tests {
         };
         assert_eq!(errno(&e), Errno::EIO);
         assert_eq!(errno(&ClientError::NotEmpty("d".into())), Errno::ENOTEMPTY);
+        assert_eq!(
+            errno(&ClientError::NoAttribute("user.x".into())),
+            Errno::ENODATA
+        );
         assert_eq!(
             errno(&ClientError::NameTooLong("x".into())),
             Errno::ENAMETOOLONG

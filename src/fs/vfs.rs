@@ -855,7 +855,7 @@ impl Fs {
                     return Err(ClientError::Exists(name.clone()));
                 }
                 if flags & libc::XATTR_REPLACE != 0 && !exists {
-                    return Err(ClientError::NotFound(name.clone()));
+                    return Err(ClientError::NoAttribute(name.clone()));
                 }
                 ino.xattrs
                     .insert(name.clone(), serde_bytes::ByteBuf::from(value.to_vec()));
@@ -868,7 +868,6 @@ impl Fs {
                 self.refresh_open(r).await;
                 Ok(())
             }
-            Err(ClientError::NotFound(n)) if n == name => Err(Errno::ENODATA),
             Err(e) => Err(log_errno("setxattr", &e)),
         }
     }
@@ -882,7 +881,7 @@ impl Fs {
             .client()
             .update_inode(&id, |ino| {
                 if ino.xattrs.remove(&name).is_none() {
-                    return Err(ClientError::NotFound(name.clone()));
+                    return Err(ClientError::NoAttribute(name.clone()));
                 }
                 ino.ctime = now;
                 Ok(())
@@ -893,7 +892,6 @@ impl Fs {
                 self.refresh_open(r).await;
                 Ok(())
             }
-            Err(ClientError::NotFound(n)) if n == name => Err(Errno::ENODATA),
             Err(e) => Err(log_errno("removexattr", &e)),
         }
     }

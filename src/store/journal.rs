@@ -204,20 +204,6 @@ fn sync_record_files(data_dir: &Path, keys: &std::collections::HashSet<Id>) -> s
     Ok(())
 }
 
-/// Flushes the whole filesystem holding `dir` to disk.
-fn syncfs(dir: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = fs::File::open(dir)?;
-    #[allow(unsafe_code)]
-    // SAFETY: syncfs takes a descriptor that stays open for the call and touches no memory.
-    let rc = unsafe { libc::syncfs(d.as_raw_fd()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 impl Journal {
     /// Replays the journals under `data_dir/journal` onto the record files (oldest
     /// first; each entry is also shown to `seen`), makes the result durable, removes them
@@ -262,7 +248,7 @@ impl Journal {
                 // else that is dirty, and would slow the start).
                 sync_record_files(data_dir, &touched)?;
             } else {
-                syncfs(data_dir)?;
+                crate::sys::syncfs(data_dir)?;
             }
             for &gen in &gens {
                 fs::remove_file(log_path(&dir, gen))?;
@@ -433,7 +419,7 @@ impl Journal {
             );
             put_record_file(&self.data_dir, &part, key, bytes.as_deref().map(|b| &b[..]))?;
         }
-        syncfs(&self.data_dir)?;
+        crate::sys::syncfs(&self.data_dir)?;
         for gen in generations(&self.dir)? {
             if gen <= old_gen {
                 match fs::remove_file(log_path(&self.dir, gen)) {

@@ -22,6 +22,8 @@ pub mod journal;
 
 use crate::id::Id;
 use crate::proto::Record;
+pub use crate::sys::disk_space;
+use crate::sys::drop_cached_pages;
 use bytes::Bytes;
 use journal::{Entry, Journal};
 use serde::{Deserialize, Serialize};
@@ -836,32 +838,6 @@ fn parse_record(bytes: &[u8]) -> Option<(u64, Record)> {
     rmp_serde::from_slice::<StoredRecord>(&bytes[20..])
         .ok()
         .map(|s| (s.version, s.record))
-}
-
-/// Tells the kernel a file's cached pages will not be read soon (they are written back
-/// already: the file was just synced).
-fn drop_cached_pages(f: &fs::File) {
-    use std::os::fd::AsRawFd;
-    #[allow(unsafe_code)]
-    // SAFETY: posix_fadvise reads no memory of ours; the descriptor is open for the call.
-    unsafe {
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-    }
-}
-
-/// Total and free bytes of the filesystem holding `dir`.
-pub fn disk_space(dir: &Path) -> (u64, u64) {
-    #[allow(unsafe_code)]
-    fn statvfs(dir: &Path) -> Option<(u64, u64)> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-        // SAFETY: `c` is a valid NUL-terminated path and `st` is a plain C struct that
-        // statvfs fills in; it is only read after a successful return.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-        (rc == 0).then(|| (st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
-    }
-    statvfs(dir).unwrap_or((0, 0))
 }
 
 #[cfg(test)]
