@@ -165,7 +165,7 @@ struct NodeArgs {
     #[arg(long, default_value_t = 600)]
     gc_interval_secs: u64,
     /// Unreferenced chunks younger than this many seconds are kept. It must exceed the
-    /// longest `put` and the mount's write-back limit (5 min); see README.
+    /// longest `put` and the mount's write-back limit (5 min); see docs/design.md.
     #[arg(long, default_value_t = 3600)]
     gc_grace_secs: u64,
 }

@@ -184,7 +184,8 @@ impl Records {
         // Refuse before writing anything when R copies are out of reach (this node is
         // cut off from its ring): a write that fails after its local step stays behind
         // and, once the ring heals, could shadow an acknowledged write of the same
-        // version made on the other side (docs/findings.md, sim seed 36).
+        // version made on the other side. Pinned by
+        // `the_small_side_of_a_long_partition_keeps_refusing_writes` (tests/netns.rs).
         let required = core.required_copies();
         let reachable = 1 + core.replica_targets().len();
         if reachable < required {

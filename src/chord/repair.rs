@@ -297,7 +297,7 @@ impl Repair {
     /// settles can name the wrong holders, and a node that dropped an acknowledged
     /// version on such a view, then found itself a holder again, accepted an older
     /// version from a stale holder in its place; its next write reused the lost
-    /// version number (found by the simulation, CHORDFS_SIM_SEED=88). Chunks never
+    /// version number (pinned by the simulation's sweep; docs/findings.md). Chunks never
     /// change, so a stale copy of one can do no such harm; they go at once.
     fn stray_record_expired(&self, key: &Id) -> bool {
         let hold = self.core.cfg.repair_every * 10;
@@ -326,8 +326,8 @@ impl Repair {
             },
             // Read under the record's lock: a write this node is making as primary holds
             // it until the write is acknowledged or taken back, and its copy must not
-            // travel meanwhile (CHORDFS_SIM_SEED=23479: a primary's own pass pushed the
-            // copy of a write that then failed, and the copy won over an acknowledged one).
+            // travel meanwhile: it could win over an acknowledged one. Pinned by
+            // `a_primary_does_not_push_its_copy_of_a_write_in_flight`.
             EntryKind::Record => {
                 let held = {
                     let _guard = core.store.lock_record(key).await;

@@ -195,7 +195,7 @@ impl Client {
     /// The blocks go to a writer thread of their own, straight from the received frames
     /// (no copy through async buffers), and the kernel is asked to start writing them
     /// back as they come (`WRITEBACK_STEP_BYTES`): left alone it starts only when a
-    /// tenth of memory is dirty, so the final fsync used to write the whole file after
+    /// tenth of memory is dirty, and the final fsync would write the whole file after
     /// the download instead of alongside it.
     pub async fn download_to_file(
         self: &Arc<Self>,

@@ -54,8 +54,8 @@ impl Client {
     /// Fetches a chunk, verifying its hash; a bad or missing copy sends the read to the
     /// next replica.
     ///
-    /// Concurrent reads of one chunk share one fetch: the mount's readahead and a read
-    /// that catches up with it used to fetch the same chunk twice.
+    /// Concurrent reads of one chunk share one fetch (the mount's readahead and a read
+    /// that catches up with it would otherwise fetch it twice).
     pub async fn get_chunk(&self, key: &Id) -> Result<Bytes> {
         self.cache
             .try_get_with(*key, self.fetch_chunk(key))
@@ -205,10 +205,9 @@ impl Client {
             match self.call(&primary, req).await {
                 Ok(Response::Stored { .. }) => return Ok(Cas::Done(expect + 1)),
                 Ok(Response::Conflict { current }) => {
-                    // The retry met our own write: done, not a conflict (found by
-                    // scripts/chaos.sh: a create whose first answer was lost failed with
-                    // EEXIST on a name nobody else had made).
-                    // That write may be on fewer than R nodes (its primary may have died
+                    // The retry met our own write (its first answer was lost): done, not a
+                    // conflict, or a create fails with EEXIST on a name nobody else made
+                    // (scripts/chaos.sh; docs/findings.md). That write may be on fewer than R nodes (its primary may have died
                     // before replicating), so it is written once more on top of itself,
                     // replicated as any write: same body, next version.
                     if maybe_applied && current == expect + 1 {

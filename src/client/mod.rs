@@ -26,7 +26,7 @@ pub use files::Progress;
 pub use view::RingView;
 
 /// Default chunk size: 256 KiB measured as fast as 1-8 MiB for put and faster for get
-/// here, with 4x less read-modify-write for small random writes (README).
+/// here, with 4x less read-modify-write for small random writes (docs/benchmarks.md).
 pub const DEFAULT_CHUNK_BYTES: u32 = 256 * 1024;
 /// Chunks uploaded or fetched at once by one stream.
 pub const DEFAULT_PARALLEL_CHUNKS: usize = 16;

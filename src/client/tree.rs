@@ -112,8 +112,8 @@ impl Client {
     /// The inode named by a directory entry. A create writes the inode and its entry
     /// at once, so a reader that found the entry can meet the inode still on its way:
     /// an absent record is read again a few times (about 0.75 s in all) before it
-    /// counts as missing; a deleted one is not (found by tests/replication.rs: two
-    /// writers racing to create one name, the second saw the first's entry first).
+    /// counts as missing; a deleted one is not. Pinned by
+    /// `concurrent_puts_of_one_path_leave_one_clean_winner` (tests/replication.rs).
     pub async fn get_inode(&self, id: &Id) -> Result<InodeRef> {
         const TRIES: u64 = 6;
         for attempt in 1..=TRIES {

@@ -170,7 +170,7 @@ pub enum Held {
     /// range: it is handing it off and may drop it. Such a copy must not be counted as
     /// one of the R, or two groups of nodes that each take the other for the holders
     /// (views of a ring healing from a partition) could each drop theirs on the strength
-    /// of the other's (found by the simulation, CHORDFS_SIM_SEED=24845).
+    /// of the other's. Pinned by `a_copy_is_not_dropped_on_the_strength_of_stray_ones`.
     Stray(u64),
 }
 

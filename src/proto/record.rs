@@ -60,7 +60,7 @@ impl From<SystemTime> for Timespec {
 impl From<Timespec> for SystemTime {
     /// Saturates instead of overflowing: a record from a peer or a disk holds whatever
     /// numbers it holds (`nanos` above a second, `secs` near `i64::MAX`), and reading
-    /// its times must not panic (found by tests/fuzz.rs).
+    /// its times must not panic. Pinned by `extreme_times_saturate_instead_of_panicking`.
     fn from(t: Timespec) -> Self {
         let base = if t.secs >= 0 {
             UNIX_EPOCH.checked_add(Duration::from_secs(t.secs as u64))
