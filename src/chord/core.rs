@@ -156,6 +156,24 @@ impl Core {
         self.routing.read().expect("routing lock").clone()
     }
 
+    /// This node's successor (itself when alone), as the table says now.
+    pub fn successor(&self) -> Peer {
+        self.routing
+            .read()
+            .expect("routing lock")
+            .successor()
+            .clone()
+    }
+
+    /// This node's predecessor, as the table says now.
+    pub fn predecessor(&self) -> Option<Peer> {
+        self.routing
+            .read()
+            .expect("routing lock")
+            .predecessor
+            .clone()
+    }
+
     pub fn book(&self) -> std::sync::MutexGuard<'_, PeerBook> {
         self.book.lock().expect("book lock")
     }

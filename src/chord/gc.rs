@@ -242,7 +242,7 @@ impl Gc {
     /// progress): the mark must see every holder (see [`MemberWalk::strict`]).
     async fn members(&self) -> Result<Vec<Peer>, GcError> {
         let core = &self.core;
-        let mut walk = MemberWalk::strict(&core.me, core.snapshot().successor().clone());
+        let mut walk = MemberWalk::strict(&core.me, core.successor());
         loop {
             match walk.next_action() {
                 Next::Ask(peer) => match core.call(&peer, Request::GetState).await {
@@ -251,7 +251,7 @@ impl Gc {
                     Err(e) => walk.silent(e.to_string()),
                 },
                 Next::Home => {
-                    walk.close(core.snapshot().predecessor);
+                    walk.close(core.predecessor());
                 }
                 Next::Done(members) => return Ok(members),
                 Next::Failed(why) => return Err(GcError::Mark(why)),
@@ -481,12 +481,7 @@ impl Gc {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(b: u8) -> Id {
-        let mut a = [0u8; 20];
-        a[0] = b;
-        Id(a)
-    }
+    use crate::ring::testing::id;
 
     #[test]
     fn drops_go_to_the_other_rightful_holders() {

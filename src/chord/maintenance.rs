@@ -125,20 +125,10 @@ impl Maintenance {
     pub async fn stabilize(&self) {
         let core = &self.core;
         for _ in 0..core.cfg.successor_list_len.max(1) + 1 {
-            let succ = core
-                .routing
-                .read()
-                .expect("routing lock")
-                .successor()
-                .clone();
+            let succ = core.successor();
             if succ.id == core.me.id {
                 // Alone, or everyone after us has died: a known predecessor closes the loop.
-                let pred = core
-                    .routing
-                    .read()
-                    .expect("routing lock")
-                    .predecessor
-                    .clone();
+                let pred = core.predecessor();
                 if let Some(p) = pred {
                     core.routing
                         .write()
@@ -262,12 +252,7 @@ impl Maintenance {
     /// Clears the predecessor when it no longer answers, so a live node can take its place.
     pub async fn check_predecessor(&self) {
         let core = &self.core;
-        let pred = core
-            .routing
-            .read()
-            .expect("routing lock")
-            .predecessor
-            .clone();
+        let pred = core.predecessor();
         if let Some(p) = pred {
             match core.call(&p, Request::Ping).await {
                 Ok(Response::Pong { .. }) => {}

@@ -241,26 +241,10 @@ impl Client {
 mod tests {
     use super::*;
     use crate::net::Transport;
-    use crate::proto::{Inode, Kind, NodeState, Timespec};
+    use crate::proto::NodeState;
+    use crate::ring::testing::{peer, record as rec};
     use futures::future::BoxFuture;
     use std::time::Duration;
-
-    fn peer(b: u8) -> Peer {
-        let mut a = [0u8; 20];
-        a[0] = b;
-        Peer {
-            id: Id(a),
-            addr: format!("n{b}"),
-        }
-    }
-
-    fn rec(size: u64) -> Record {
-        let mut ino = Inode::new(Kind::File, 0o644, 0, 0, Id::ZERO, 4096);
-        ino.size = size;
-        let t = Timespec { secs: 1, nanos: 0 };
-        (ino.atime, ino.mtime, ino.ctime) = (t, t, t);
-        Record::Inode(Box::new(ino))
-    }
 
     /// Four nodes 10..40; the key's primary (10) is down; its replicas hold version 4,
     /// one (20, met first) with a failed write's body, two with the acknowledged one.

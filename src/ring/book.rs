@@ -176,15 +176,7 @@ impl PeerBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn peer(b: u8) -> Peer {
-        let mut a = [0u8; 20];
-        a[0] = b;
-        Peer {
-            id: Id(a),
-            addr: format!("n{b}"),
-        }
-    }
+    use crate::ring::testing::peer;
 
     const TTL: Duration = Duration::from_secs(60);
 

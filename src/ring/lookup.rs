@@ -237,19 +237,7 @@ impl Walk {
 mod tests {
     use super::*;
     use crate::ring::routing::ConvergedRing;
-
-    fn id(b: u8) -> Id {
-        let mut a = [0u8; 20];
-        a[0] = b;
-        Id(a)
-    }
-
-    fn peer(b: u8) -> Peer {
-        Peer {
-            id: id(b),
-            addr: format!("n{b}"),
-        }
-    }
+    use crate::ring::testing::{id, peer};
 
     #[test]
     fn a_table_walk_backs_up_past_a_dead_peer() {

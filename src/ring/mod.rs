@@ -24,3 +24,46 @@ pub mod walk;
 
 pub use lookup::{Walk, MAX_LOOKUP_HOPS};
 pub use routing::{Routing, Step};
+
+/// Small rings for tests: ids and peers named by one byte (the id's first), node states
+/// and records told apart by a number.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::id::Id;
+    use crate::proto::{Inode, Kind, NodeState, Peer, Record, Timespec};
+
+    /// The id whose first byte is `b` (the rest zero): ring order is `b`'s order.
+    pub fn id(b: u8) -> Id {
+        let mut a = [0u8; 20];
+        a[0] = b;
+        Id(a)
+    }
+
+    /// The peer at [`id`]`(b)`, reached at `n{b}`.
+    pub fn peer(b: u8) -> Peer {
+        Peer {
+            id: id(b),
+            addr: format!("n{b}"),
+        }
+    }
+
+    /// A node's state as `GetState` answers it.
+    pub fn state(me: u8, pred: Option<u8>, succ: &[u8]) -> NodeState {
+        NodeState {
+            me: peer(me),
+            predecessor: pred.map(peer),
+            successors: succ.iter().map(|b| peer(*b)).collect(),
+            replicas: 3,
+            lost: vec![],
+        }
+    }
+
+    /// A file record told apart by its size alone (its times fixed).
+    pub fn record(size: u64) -> Record {
+        let mut ino = Inode::new(Kind::File, 0o644, 0, 0, Id::ZERO, 4096);
+        ino.size = size;
+        let t = Timespec { secs: 1, nanos: 0 };
+        (ino.atime, ino.mtime, ino.ctime) = (t, t, t);
+        Record::Inode(Box::new(ino))
+    }
+}

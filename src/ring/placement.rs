@@ -83,20 +83,8 @@ pub fn holders_from_lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::testing::{id, peer};
     use proptest::prelude::*;
-
-    fn id(b: u8) -> Id {
-        let mut a = [0u8; 20];
-        a[0] = b;
-        Id(a)
-    }
-
-    fn peer(b: u8) -> Peer {
-        Peer {
-            id: id(b),
-            addr: b.to_string(),
-        }
-    }
 
     fn ids<'a, T: OnRing + 'a>(it: impl Iterator<Item = &'a T>) -> Vec<Id> {
         it.map(|m| m.ring_id()).collect()

@@ -122,29 +122,7 @@ pub fn neighbour_doubt(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(b: u8) -> Id {
-        let mut a = [0u8; 20];
-        a[0] = b;
-        Id(a)
-    }
-
-    fn peer(b: u8) -> Peer {
-        Peer {
-            id: id(b),
-            addr: format!("n{b}"),
-        }
-    }
-
-    fn state(me: u8, pred: Option<u8>, succ: &[u8]) -> NodeState {
-        NodeState {
-            me: peer(me),
-            predecessor: pred.map(peer),
-            successors: succ.iter().map(|b| peer(*b)).collect(),
-            replicas: 3,
-            lost: vec![],
-        }
-    }
+    use crate::ring::testing::{id, peer, state};
 
     fn table(me: u8, pred: Option<u8>, succ: &[u8], list_len: usize) -> Routing {
         let mut r = Routing::new(peer(me), list_len);

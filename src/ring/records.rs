@@ -33,17 +33,7 @@ pub fn newest_copy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::Id;
-    use crate::proto::{Inode, Kind};
-
-    /// A record told apart by its size alone (its times fixed).
-    fn rec(size: u64) -> Record {
-        let mut ino = Inode::new(Kind::File, 0o644, 0, 0, Id::ZERO, 4096);
-        ino.size = size;
-        let t = crate::proto::Timespec { secs: 1, nanos: 0 };
-        (ino.atime, ino.mtime, ino.ctime) = (t, t, t);
-        Record::Inode(Box::new(ino))
-    }
+    use crate::ring::testing::record as rec;
 
     #[test]
     fn the_highest_version_wins() {

@@ -235,25 +235,7 @@ impl MemberWalk {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn peer(b: u8) -> Peer {
-        let mut a = [0u8; 20];
-        a[0] = b;
-        Peer {
-            id: Id(a),
-            addr: format!("n{b}"),
-        }
-    }
-
-    fn state(me: u8, pred: Option<u8>, succ: &[u8]) -> NodeState {
-        NodeState {
-            me: peer(me),
-            predecessor: pred.map(peer),
-            successors: succ.iter().map(|b| peer(*b)).collect(),
-            replicas: 3,
-            lost: vec![],
-        }
-    }
+    use crate::ring::testing::{peer, state};
 
     /// A ring of `n` members 10, 20, ..., with successor lists of `len`.
     fn ring(n: u8, len: usize) -> Vec<NodeState> {
