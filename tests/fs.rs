@@ -764,3 +764,30 @@ fn a_name_taken_elsewhere_before_the_close_fails_the_close() {
     let names = ok(Command::new("ls").arg(&c.dir));
     assert_eq!(names.trim(), "race");
 }
+
+/// The filesystem type the kernel shows for the mount at `dir` (mountinfo's field after
+/// the ` - ` separator), as `df -T` and xfstests read it.
+fn mount_type(dir: &Path) -> String {
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .unwrap_or_else(|| panic!("{} is not mounted", dir.display()));
+    let (_, after) = line.split_once(" - ").unwrap();
+    after.split(' ').next().unwrap().to_string()
+}
+
+#[test]
+fn the_mount_type_names_chordfs_unless_asked_not_to() {
+    let ring = Ring::start(1, 1);
+    let named = Mount::new(ring.addr(), "");
+    assert_eq!(mount_type(&named.dir), "fuse.chordfs");
+    let plain = Mount::new(ring.addr(), "nosubtype");
+    assert_eq!(mount_type(&plain.dir), "fuse");
+    // Both show the same files: the option changes the name only.
+    fs::write(plain.path("f"), b"one ring").unwrap();
+    assert_eq!(fs::read(named.path("f")).unwrap(), b"one ring");
+    let other = Mount::new(ring.addr(), "subtype=ring2");
+    assert_eq!(mount_type(&other.dir), "fuse.ring2");
+}

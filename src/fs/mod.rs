@@ -39,6 +39,9 @@
 //! - `ro` / `rw`: read-only or read-write (default `rw`).
 //! - `dev`/`nodev`, `suid`/`nosuid`, `exec`/`noexec`: as for any mount (defaults
 //!   `nodev`, `nosuid`, `exec`).
+//! - `subtype=NAME` / `nosubtype`: the type the kernel shows for the mount in
+//!   /proc/mounts and `df -T`: `fuse.NAME` (default `fuse.chordfs`), or plain `fuse`.
+//!   xfstests (`FSTYP=fuse`) wants plain `fuse`; see docs/xfstests.md.
 //! - Ignored, for mount(8) and fstab: `defaults`, `auto`, `noauto`, `user`, `nouser`,
 //!   `users`, `owner`, `group`, `_netdev`, `nofail`, the atime options (`atime`,
 //!   `noatime`, `relatime`, ...), `sync`, `async`, `dirsync`, `default_permissions`,

@@ -153,7 +153,6 @@ fn start_background(
 fn fuse_config(ring: &str, opts: &MountOptions) -> Config {
     let mut mo = vec![
         MountOption::FSName(ring.to_string()),
-        MountOption::CUSTOM("subtype=chordfs".into()),
         MountOption::DefaultPermissions,
         if opts.read_only {
             MountOption::RO
@@ -166,6 +165,10 @@ fn fuse_config(ring: &str, opts: &MountOptions) -> Config {
             MountOption::NoExec
         },
     ];
+    // A kernel option (fuser's `Subtype` is only passed to fusermount).
+    if let Some(s) = &opts.subtype {
+        mo.push(MountOption::CUSTOM(format!("subtype={s}")));
+    }
     if opts.dev {
         mo.push(MountOption::Dev);
     }

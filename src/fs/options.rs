@@ -6,6 +6,8 @@ use std::time::Duration;
 pub const DEFAULT_ATTR_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default time an operation may keep trying replicas before it fails with EIO.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default FUSE subtype: the kernel shows the mount's type as `fuse.chordfs`.
+pub const DEFAULT_SUBTYPE: &str = "chordfs";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountOptions {
@@ -21,6 +23,9 @@ pub struct MountOptions {
     pub dev: bool,
     pub suid: bool,
     pub exec: bool,
+    /// The FUSE subtype the kernel shows after `fuse.` (`subtype=NAME`); `None`
+    /// (`nosubtype`) shows the type as plain `fuse`.
+    pub subtype: Option<String>,
 }
 
 impl Default for MountOptions {
@@ -37,6 +42,7 @@ impl Default for MountOptions {
             dev: false,
             suid: false,
             exec: true,
+            subtype: Some(DEFAULT_SUBTYPE.to_string()),
         }
     }
 }
@@ -78,6 +84,18 @@ pub fn parse_seconds(s: &str) -> Result<Duration, String> {
         return Err(format!("seconds {s:?} out of range"));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// A FUSE subtype: a short name of letters, digits, `-`, `_` and `.`, as the kernel
+/// shows it in /proc/mounts (where a space or a comma would break the line's fields).
+fn parse_subtype(s: &str) -> Result<String, String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if s.is_empty() || s.len() > 32 || !s.chars().all(ok) {
+        return Err(format!(
+            "bad subtype {s:?}: 1 to 32 letters, digits, '-', '_' or '.' (nosubtype for none)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Options that mount(8) passes or fstab may hold and that need nothing from us.
@@ -150,6 +168,8 @@ pub fn parse(list: &[String]) -> Result<MountOptions, String> {
             "nosuid" => o.suid = false,
             "exec" => o.exec = true,
             "noexec" => o.exec = false,
+            "subtype" => o.subtype = Some(parse_subtype(need()?)?),
+            "nosubtype" => o.subtype = None,
             k if IGNORED.contains(&k) || k.starts_with("x-") || k.starts_with("comment") => {}
             _ => return Err(format!("unknown mount option {opt:?}")),
         }
@@ -183,5 +203,16 @@ mod tests {
         assert_eq!(o.ring.as_deref(), Some("h:1"));
         assert!(parse(&["bogus".into()]).is_err());
         assert!(parse(&["chunk_size=0".into()]).is_err());
+    }
+
+    #[test]
+    fn subtype_defaults_to_chordfs_and_can_be_left_out() {
+        assert_eq!(parse(&[]).unwrap().subtype.as_deref(), Some("chordfs"));
+        assert_eq!(parse(&["nosubtype".into()]).unwrap().subtype, None);
+        let o = parse(&["nosubtype,subtype=ring-2".into()]).unwrap();
+        assert_eq!(o.subtype.as_deref(), Some("ring-2"));
+        assert!(parse(&["subtype=".into()]).is_err());
+        assert!(parse(&["subtype=a b".into()]).is_err());
+        assert!(parse(&["subtype".into()]).is_err());
     }
 }
