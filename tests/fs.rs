@@ -791,3 +791,24 @@ fn the_mount_type_names_chordfs_unless_asked_not_to() {
     let other = Mount::new(ring.addr(), "subtype=ring2");
     assert_eq!(mount_type(&other.dir), "fuse.ring2");
 }
+
+#[test]
+fn an_open_directory_removed_or_replaced_still_answers_fstat() {
+    let ring = Ring::start(1, 1);
+    let m = Mount::new(ring.addr(), "");
+    for d in ["gone", "old", "new"] {
+        fs::create_dir(m.path(d)).unwrap();
+    }
+    let gone = fs::File::open(m.path("gone")).unwrap();
+    fs::remove_dir(m.path("gone")).unwrap();
+    let old = fs::File::open(m.path("old")).unwrap();
+    fs::rename(m.path("new"), m.path("old")).unwrap();
+    for f in [&gone, &old] {
+        let meta = f.metadata().unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.nlink(), 0);
+    }
+    assert!(!m.path("gone").exists());
+    assert!(fs::metadata(m.path("old")).unwrap().nlink() >= 2);
+    drop((gone, old));
+}

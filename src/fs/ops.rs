@@ -419,7 +419,7 @@ impl fuser::Filesystem for ChordFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.dirs.remove(fh.0);
+        self.fs.releasedir(fh.0);
         reply.ok();
     }
 

@@ -49,6 +49,11 @@ pub struct Fs {
     pub open: OpenFiles,
     pub files: Handles<Arc<OpenFile>>,
     pub dirs: Handles<Arc<Vec<DirRow>>>,
+    /// Directories open here: their handles and their attributes at the last open. One
+    /// removed while open still answers fstat, with no links, until its last close, as
+    /// POSIX wants (xfstests generic/035).
+    // Never held across an await.
+    open_dirs: std::sync::Mutex<std::collections::HashMap<Id, (usize, FileAttr)>>,
     /// Extended attributes of inodes read in the last `ttl` (`ls -l` asks for
     /// `security.*` names of every file it lists; this spares the ring those reads).
     xattr_cache: moka::sync::Cache<Id, Arc<Xattrs>>,
@@ -87,6 +92,7 @@ impl Fs {
             open: OpenFiles::default(),
             files: Handles::new(),
             dirs: Handles::new(),
+            open_dirs: Default::default(),
             xattr_cache: moka::sync::Cache::builder()
                 .max_capacity(XATTR_CACHE_ENTRIES)
                 .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
@@ -222,9 +228,24 @@ impl Fs {
         if let Some(d) = self.engine.cached_dir(&id) {
             return Ok(self.attr_of(&d));
         }
-        let r = self.get(&id).await?;
+        let r = match self.get(&id).await {
+            Err(Errno::ENOENT) => return self.removed_dir_attr(&id).ok_or(Errno::ENOENT),
+            r => r?,
+        };
         self.engine.cache_dir(r.clone());
         Ok(self.attr_of(&r))
+    }
+
+    /// The attributes of a directory that is gone from the ring but still open here.
+    fn removed_dir_attr(&self, id: &Id) -> Option<FileAttr> {
+        let open = self.open_dirs.lock().expect("open dirs");
+        let (_, a) = open.get(id)?;
+        Some(FileAttr {
+            nlink: 0,
+            size: 0,
+            blocks: 0,
+            ..*a
+        })
     }
 
     pub async fn setattr(&self, ino: INodeNo, set: SetAttr) -> FsResult<FileAttr> {
@@ -741,7 +762,30 @@ impl Fs {
                 });
             }
         }
+        let a = self.attr_of(&r);
+        let mut open = self.open_dirs.lock().expect("open dirs");
+        let e = open.entry(r.id).or_insert((0, a));
+        *e = (e.0 + 1, a);
+        drop(open);
         Ok(self.dirs.insert(Arc::new(rows)))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        // The first row is always ".", the directory itself.
+        let Some(id) = self
+            .dirs
+            .remove(fh)
+            .and_then(|rows| rows.first().map(|r| r.id))
+        else {
+            return;
+        };
+        let mut open = self.open_dirs.lock().expect("open dirs");
+        if let Some(e) = open.get_mut(&id) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                open.remove(&id);
+            }
+        }
     }
 
     /// Attributes of a batch of listing rows, fetched in parallel; `None` for a row
