@@ -1,15 +1,18 @@
+# shellcheck shell=sh disable=SC2154
 # Shell helpers for the suite runners: start and stop a local ring, unmount.
 # Used as `. scripts/lib-ring.sh`; expects $bin (the chordfs binary).
 
 # ring_start DIR N: N nodes with data under DIR/nodeI, waits for each node.json.
 # $RING_NODE_ARGS: extra `chordfs node` arguments for every node.
+# $RING_INTERVALS: the maintenance intervals (default: short ones, for quick runs).
 ring_start() {
     dir=$1; n=$2; i=0; join=""
     while [ "$i" -lt "$n" ]; do
         mkdir -p "$dir/node$i"
         # shellcheck disable=SC2086
         "$bin" node --listen 127.0.0.1:0 --http 127.0.0.1:0 --data "$dir/node$i" \
-            --stabilize-ms 100 --repair-ms 500 --fix-fingers-ms 200 $join ${RING_NODE_ARGS:-} \
+            ${RING_INTERVALS---stabilize-ms 100 --repair-ms 500 --fix-fingers-ms 200} \
+            $join ${RING_NODE_ARGS:-} \
             >"$dir/node$i.log" 2>&1 &
         echo $! >"$dir/node$i.pid"
         tries=0
@@ -31,11 +34,11 @@ ring_addr() {
 # ring_stop DIR: kills the nodes started by ring_start (by pid).
 ring_stop() {
     for p in "$1"/node*.pid; do
-        [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null || true
+        if [ -f "$p" ]; then kill "$(cat "$p")" 2>/dev/null || true; fi
     done
     sleep 0.5
     for p in "$1"/node*.pid; do
-        [ -f "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true
+        if [ -f "$p" ]; then kill -9 "$(cat "$p")" 2>/dev/null || true; fi
     done
 }
 
