@@ -216,7 +216,9 @@ scratch_dev=$(ring_addr "$work/scratch-ring")
 helper=/sbin/mount.fuse.chordfs
 cmp -s "$here/mount/mount.chordfs" "$helper" || install -m 0755 "$here/mount/mount.chordfs" "$helper"
 
-opts="-o nosubtype${MOUNT_OPTS:+,$MOUNT_OPTS}"
+# dev and suid, as a local filesystem mounted by root has them (chordfs mounts nodev,
+# nosuid unless asked): the tests of device nodes and set-id bits need them.
+opts="-o nosubtype,dev,suid${MOUNT_OPTS:+,$MOUNT_OPTS}"
 cat >"$work/local.config" <<EOF
 export FSTYP=fuse
 export FUSE_SUBTYP=.chordfs
