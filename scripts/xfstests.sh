@@ -216,9 +216,11 @@ scratch_dev=$(ring_addr "$work/scratch-ring")
 helper=/sbin/mount.fuse.chordfs
 cmp -s "$here/mount/mount.chordfs" "$helper" || install -m 0755 "$here/mount/mount.chordfs" "$helper"
 
+opts="-o nosubtype${MOUNT_OPTS:+,$MOUNT_OPTS}"
 # dev and suid, as a local filesystem mounted by root has them (chordfs mounts nodev,
-# nosuid unless asked): the tests of device nodes and set-id bits need them.
-opts="-o nosubtype,dev,suid${MOUNT_OPTS:+,$MOUNT_OPTS}"
+# nosuid unless asked), for the tests of device nodes and set-id bits; mount(8) drops
+# them from -o before it calls the helper, so they go through the helper's variable.
+export CHORDFS_MOUNT_OPTIONS=dev,suid
 cat >"$work/local.config" <<EOF
 export FSTYP=fuse
 export FUSE_SUBTYP=.chordfs
