@@ -543,6 +543,30 @@ fn mount_command_reports_failures_and_unmounts_cleanly() {
         fs::read(dir.path().join("open")).unwrap(),
         pattern(100_000, 3)
     );
+    // `-o remount,ro` through the helper turns the mount read-only in place, and
+    // `remount,rw` back (xfstests' _scratch_remount).
+    let remount = |flag: &str| {
+        ok(Command::new("mount")
+            .args([
+                "-t",
+                "chordfs",
+                "-o",
+                &format!("remount,{flag}"),
+                ring.addr(),
+            ])
+            .arg(dir.path())
+            .env("CHORDFS_BIN", BIN));
+    };
+    remount("ro");
+    let err = fs::write(dir.path().join("ro"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::read(dir.path().join("open")).unwrap(),
+        pattern(100_000, 3)
+    );
+    remount("rw");
+    fs::write(dir.path().join("rw"), b"x").unwrap();
+    assert_eq!(fs::read(dir.path().join("rw")).unwrap(), b"x");
     ok(Command::new("umount").arg(dir.path()));
     assert!(!fsutil::is_mounted(dir.path()));
 }
@@ -811,4 +835,79 @@ fn an_open_directory_removed_or_replaced_still_answers_fstat() {
     assert!(!m.path("gone").exists());
     assert!(fs::metadata(m.path("old")).unwrap().nlink() >= 2);
     drop((gone, old));
+}
+
+/// Opens PATH's file handle (name_to_handle_at) and DIR's after the kernel dropped its
+/// inodes and dentries (drop_caches), through python3's ctypes: prints the file's
+/// bytes, a newline, and the directory's names; exits with the errno of a failure.
+const OPEN_BY_HANDLE: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Handle(ctypes.Structure):
+    _fields_ = [("bytes", ctypes.c_uint), ("type", ctypes.c_int), ("h", ctypes.c_ubyte * 128)]
+def handle(path):
+    h, mount_id = Handle(), ctypes.c_int()
+    h.bytes = 128
+    if libc.name_to_handle_at(-100, path.encode(), ctypes.byref(h), ctypes.byref(mount_id), 0):
+        sys.exit(ctypes.get_errno())
+    return h
+def open_handle(mount_fd, h, flags):
+    fd = libc.open_by_handle_at(mount_fd, ctypes.byref(h), flags)
+    if fd < 0:
+        sys.exit(ctypes.get_errno())
+    return fd
+mount, path, dir = sys.argv[1:4]
+f, d = handle(path), handle(dir)
+with open("/proc/sys/vm/drop_caches", "w") as c:
+    c.write("2")
+mount_fd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY)
+sys.stdout.buffer.write(os.read(open_handle(mount_fd, f, os.O_RDONLY), 100) + b"\n")
+print(" ".join(sorted(os.listdir(open_handle(mount_fd, d, os.O_RDONLY | os.O_DIRECTORY)))))
+"#;
+
+#[test]
+fn file_handles_outlive_the_cache() {
+    let ring = Ring::start(1, 1);
+    let m = Mount::new(ring.addr(), "");
+    fs::create_dir_all(m.path("d/e")).unwrap();
+    fs::write(m.path("d/f"), b"by handle").unwrap();
+    fs::write(m.path("d/e/g"), b"").unwrap();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(OPEN_BY_HANDLE)
+        .arg(&m.dir)
+        .arg(m.path("d/f"))
+        .arg(m.path("d/e"))
+        .output()
+        .unwrap();
+    // ESTALE (116) here: the mount could not find the inode again.
+    assert!(out.status.success(), "exit {:?}", out.status.code());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "by handle\ng\n");
+}
+
+#[test]
+fn huge_offsets_get_efbig_and_the_mount_lives() {
+    use std::os::unix::fs::FileExt;
+    let ring = Ring::start(1, 1);
+    let m = Mount::new(ring.addr(), "");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("huge"))
+        .unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    // A chunk map for 2^62 bytes would not fit in memory, let alone in one record.
+    let err = f.write_all_at(b"tail", 1 << 62).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG));
+    let err = f.set_len(1 << 62).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG));
+    // Below the limit a sparse file is fine, and the mount still serves.
+    f.write_all_at(b"tail", 1 << 24).unwrap();
+    drop(f);
+    let back = fs::read(m.path("huge")).unwrap();
+    assert_eq!(back.len(), (1 << 24) + 4);
+    assert_eq!(&back[..4], b"head");
+    assert_eq!(&back[1 << 24..], b"tail");
 }

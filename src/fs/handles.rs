@@ -356,7 +356,8 @@ impl FileState {
         }
     }
 
-    fn cb(&self) -> u64 {
+    /// The file's chunk size (never 0).
+    pub fn cb(&self) -> u64 {
         self.base.chunk_bytes.max(1) as u64
     }
 

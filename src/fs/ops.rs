@@ -91,6 +91,9 @@ impl fuser::Filesystem for ChordFuse {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            // File handles (name_to_handle_at) stay valid after the kernel drops the
+            // inode: it looks the number up again with "." and "..".
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ] {
             let _ = config.add_capabilities(cap);
         }

@@ -72,6 +72,17 @@ pub struct SetAttr {
     pub mtime: Option<TimeOrNow>,
 }
 
+/// Most chunks a file may have: its record lists every chunk's 20-byte hash and must fit
+/// in one frame (FRAME_MAX_BYTES, 40 MiB) until chunk maps are paged (docs/metadata.md).
+/// A bigger size gets EFBIG, not a map the mount cannot even allocate (xfstests
+/// generic/564 wrote at 2^63 and the mount died). Pinned by tests/fs.rs
+/// huge_offsets_get_efbig_and_the_mount_lives.
+const MAX_FILE_CHUNKS: u64 = 1 << 20;
+
+fn too_big(size: u64, chunk_bytes: u64) -> bool {
+    size.div_ceil(chunk_bytes) > MAX_FILE_CHUNKS
+}
+
 fn name_str(name: &std::ffi::OsStr) -> FsResult<&str> {
     name.to_str().ok_or(Errno::EINVAL)
 }
@@ -209,6 +220,20 @@ impl Fs {
             return Err(Errno::ENAMETOOLONG);
         }
         let pid = self.id(parent)?;
+        // The kernel asks for "." (any node) and ".." (a directory) only to turn a file
+        // handle back into an inode it no longer caches (open_by_handle_at; the mount
+        // sets FUSE_EXPORT_SUPPORT). Pinned by tests/fs.rs file_handles_outlive_the_cache.
+        match name {
+            "." => return Ok(self.attr_of(&self.get(&pid).await?)),
+            ".." => {
+                let dir = self.get(&pid).await?;
+                if dir.inode.kind != Kind::Dir {
+                    return Err(Errno::ENOTDIR);
+                }
+                return Ok(self.attr_of(&self.get(&dir.inode.parent).await?));
+            }
+            _ => {}
+        }
         if let Some(id) = self.engine.pending_named(&pid, name) {
             return Ok(self.attr_of(&self.get(&id).await?));
         }
@@ -259,6 +284,9 @@ impl Fs {
                 Kind::Dir => return Err(Errno::EISDIR),
                 Kind::File => {}
                 _ => return Err(Errno::EINVAL),
+            }
+            if too_big(size, cur.inode.chunk_bytes.max(1) as u64) {
+                return Err(Errno::EFBIG);
             }
             let (f, _) = self.open.open(id, cur.inode, cur.version);
             let res = async {
@@ -624,7 +652,7 @@ impl Fs {
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let f = self.file(fh)?;
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
-        if end > i64::MAX as u64 {
+        if end > i64::MAX as u64 || too_big(end, f.state.lock().await.cb()) {
             return Err(Errno::EFBIG);
         }
         f.write(&self.engine, offset, data)
@@ -643,6 +671,9 @@ impl Fs {
         let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
         if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
             return Ok(());
+        }
+        if too_big(end, f.state.lock().await.cb()) {
+            return Err(Errno::EFBIG);
         }
         f.extend(&self.engine, end)
             .await
