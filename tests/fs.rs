@@ -925,3 +925,42 @@ fn sizes_closed_on_one_mount_hold_at_the_next_open_on_the_other() {
         want.len()
     );
 }
+
+/// A directory another mount moved is renamed here, as the target replaced and as the
+/// source, though this mount's kernel still holds it under its old name (the lookup in
+/// the rename then finds it elsewhere while the rename holds the locks the kernel
+/// needs to move its old name: it failed with ESTALE).
+#[test]
+fn directories_moved_on_one_mount_can_be_renamed_on_the_other() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    for d in ["c", "k", "m", "p"] {
+        fs::create_dir(b.path(d)).unwrap();
+    }
+    fs::write(b.path("m/inside"), b"in m").unwrap();
+    fs::rename(a.path("k"), a.path("c/d")).unwrap();
+    fs::rename(a.path("m"), a.path("c/e")).unwrap();
+    fs::rename(a.path("p"), a.path("c/q")).unwrap();
+    // The moved directory replaced by a rename here.
+    fs::create_dir(b.path("f")).unwrap();
+    fs::rename(b.path("f"), b.path("c/d")).unwrap();
+    // The moved directory renamed away here, its content with it.
+    fs::rename(b.path("c/e"), b.path("n")).unwrap();
+    assert_eq!(fs::read(b.path("n/inside")).unwrap(), b"in m");
+    // Found at its new place outside a rename: used as any other directory.
+    fs::write(b.path("c/q/new"), b"in q").unwrap();
+    assert_eq!(fs::read(a.path("c/q/new")).unwrap(), b"in q");
+    after_attr_timeout(std::time::Instant::now());
+    for m in [&a, &b] {
+        let mut names: Vec<String> = fs::read_dir(m.path("c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["d", "q"]);
+        assert_eq!(fs::read(m.path("n/inside")).unwrap(), b"in m");
+        for gone in ["f", "k", "m", "p", "c/e"] {
+            assert_eq!(errno_of(&m.path(gone)), Some(libc::ENOENT), "{gone}");
+        }
+    }
+}

@@ -81,6 +81,7 @@ mod inodes;
 mod mount;
 mod ops;
 mod options;
+mod placed;
 mod vfs;
 
 pub use errno::errno;

@@ -52,7 +52,7 @@ fn caller(req: &Request) -> Caller {
 
 fn entry(fs: &Fs, reply: ReplyEntry, res: FsResult<FileAttr>) {
     match res {
-        Ok(a) => reply.entry(&fs.cfg.ttl, &a, Generation(0)),
+        Ok(a) => reply.entry(&fs.cfg.ttl, &a, Generation(fs.generation(a.ino))),
         Err(e) => reply.error(e),
     }
 }
@@ -102,7 +102,9 @@ impl fuser::Filesystem for ChordFuse {
         self.spawn(|fs| async move {
             match fs.lookup(parent, &name).await {
                 // The name for as long as it is known good, its attributes for the TTL.
-                Ok((a, left)) => reply.entry_with_ttls(&fs.cfg.ttl, &left, &a, Generation(0)),
+                Ok((a, left, generation)) => {
+                    reply.entry_with_ttls(&fs.cfg.ttl, &left, &a, Generation(generation))
+                }
                 Err(e) => reply.error(e),
             }
         });
@@ -417,7 +419,7 @@ impl fuser::Filesystem for ChordFuse {
                         &row.name,
                         &ttl,
                         &attr,
-                        Generation(0),
+                        Generation(fs.generation(attr.ino)),
                     ) {
                         return reply.ok();
                     }
@@ -550,7 +552,7 @@ impl fuser::Filesystem for ChordFuse {
                 Ok((a, fh)) => reply.created(
                     &fs.cfg.ttl,
                     &a,
-                    Generation(0),
+                    Generation(fs.generation(a.ino)),
                     FileHandle(fh),
                     FopenFlags::empty(),
                 ),

@@ -7,6 +7,7 @@ use super::inodes::{attr, kind_of_mode, InodeTable, BLOCK_BYTES};
 use crate::client::tree::InodeRef;
 use crate::client::{Client, ClientError};
 use crate::id::Id;
+use super::placed::Placements;
 use crate::proto::{Inode, Kind, Request, Response, Timespec};
 use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
 use std::sync::Arc;
@@ -68,7 +69,13 @@ pub struct Fs {
     told: moka::sync::Cache<u64, (u64, std::time::SystemTime)>,
     /// How to tell the kernel to drop what it caches, once the session is up.
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// Where the kernel holds each directory's name (see `placed.rs`).
+    placed: Placements,
 }
+
+/// How long a lookup that found a directory moved elsewhere waits for the kernel to
+/// drop the old name before it gives the directory a new generation instead.
+const MOVED_DIR_WAIT: Duration = Duration::from_millis(50);
 
 /// Kept beyond `ttl` in `Fs::told`: the kernel starts its clock after ours.
 const TOLD_SLACK: Duration = Duration::from_secs(1);
@@ -115,7 +122,27 @@ impl Fs {
                 .time_to_live(cfg.ttl + TOLD_SLACK)
                 .build(),
             notifier: std::sync::OnceLock::new(),
+            placed: Placements::default(),
         }
+    }
+
+    /// The generation of inode `ino` to give the kernel with its entry.
+    pub fn generation(&self, ino: INodeNo) -> u64 {
+        self.placed.generation(ino.0)
+    }
+
+    /// Asks the kernel to drop its name `name` in `parent`; true when that finished
+    /// within `MOVED_DIR_WAIT` (not while the parent is locked, as by a rename).
+    async fn drop_kernel_name(&self, parent: u64, name: String) -> bool {
+        let Some(n) = self.notifier.get().cloned() else {
+            return false;
+        };
+        // On a blocking thread: the kernel takes the parent's lock first.
+        let done = tokio::task::spawn_blocking(move || {
+            // ENOENT: the kernel holds no such name, which is as good.
+            let _ = n.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name));
+        });
+        tokio::time::timeout(MOVED_DIR_WAIT, done).await.is_ok()
     }
 
     /// Lets the filesystem tell the kernel to drop cached attributes and pages.
@@ -264,7 +291,29 @@ impl Fs {
     /// made on another mount is found once its creator's close returned. Misses are
     /// cached nowhere: an ENOENT reply leaves the kernel no negative entry. Pinned by
     /// `tests/fs.rs`, `names_made_and_removed_on_one_mount_reach_the_other`.
+    ///
+    /// Also returns the generation to answer with: a directory found elsewhere than the
+    /// kernel last had it (moved by another mount) first has the kernel drop its old
+    /// name, or gets a new generation when that cannot finish (see `placed.rs`).
     pub async fn lookup(
+        &self,
+        parent: INodeNo,
+        name: &std::ffi::OsStr,
+    ) -> FsResult<(FileAttr, Duration, u64)> {
+        let (a, ttl) = self.find(parent, name).await?;
+        let ino = a.ino;
+        if a.kind == FileType::Directory && ino != INodeNo::ROOT {
+            let name = name_str(name)?;
+            if let Some((p, n)) = self.placed.place(ino.0, parent.0, name) {
+                if !self.drop_kernel_name(p, n).await {
+                    self.placed.renew(ino.0);
+                }
+            }
+        }
+        Ok((a, ttl, self.generation(ino)))
+    }
+
+    async fn find(
         &self,
         parent: INodeNo,
         name: &std::ffi::OsStr,
@@ -434,6 +483,10 @@ impl Fs {
                 match dir {
                     Some(dir) => self.engine.cache_dir(dir, since),
                     None => self.forget_dirs(&[pid]),
+                }
+                if child.inode.kind == Kind::Dir {
+                    let ino = self.inodes.ino(&child.id);
+                    self.placed.place(ino, parent.0, name);
                 }
                 Ok(child)
             }
@@ -631,6 +684,8 @@ impl Fs {
             .map_err(|e| log_errno("rename", &e))?;
         // The moved node's own record changed too (its ctime; a directory's parent).
         self.engine.forget_all_dirs();
+        // The kernel moves its name itself.
+        self.placed.moved(parent.0, name, newparent.0, newname);
         if let Some((old, left)) = replaced {
             self.forget_dirs(&[old]);
             self.maybe_delete(&old, left).await;
