@@ -681,12 +681,14 @@ fn a_new_file_shows_here_at_once_and_elsewhere_after_close() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(names.contains(&"small".to_string()) && names.contains(&"big".to_string()));
+    // Elsewhere: not before a close (close-to-open)...
+    assert!(!b.path("small").exists() && !b.path("big").exists());
+    // (Any close stores the file: a second open's here, or a child process's copy of
+    // the descriptor, closed at its exec.)
     assert_eq!(fs::read(a.path("small")).unwrap(), small);
     assert_eq!(fs::read(a.path("big")).unwrap(), big);
     let ls = ok(Command::new("ls").arg("-l").arg(&a.dir));
     assert!(ls.contains(" small") && ls.contains(" big"), "{ls}");
-    // Elsewhere: not before the close (close-to-open)...
-    assert!(!b.path("small").exists() && !b.path("big").exists());
     fs_small.sync_all().unwrap();
     drop(fs_small);
     drop(fs_big);
@@ -910,4 +912,202 @@ fn huge_offsets_get_efbig_and_the_mount_lives() {
     assert_eq!(back.len(), (1 << 24) + 4);
     assert_eq!(&back[..4], b"head");
     assert_eq!(&back[1 << 24..], b"tail");
+}
+
+/// The default attr_timeout: how long a mount may still serve a name removed elsewhere.
+const ATTR_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Waits until `ATTR_TIMEOUT` (and a little) has passed since `since`.
+fn after_attr_timeout(since: std::time::Instant) {
+    let until = since + ATTR_TIMEOUT + Duration::from_millis(100);
+    if let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        std::thread::sleep(left);
+    }
+}
+
+fn errno_of(p: &Path) -> Option<i32> {
+    fs::symlink_metadata(p).err().and_then(|e| e.raw_os_error())
+}
+
+/// What one mount makes and closes, a lookup on another finds at once, though that
+/// mount has the directory cached (and keeps it warm with its own creates); what one
+/// mount removes or renames away, the other stops serving within attr_timeout.
+#[test]
+fn names_made_and_removed_on_one_mount_reach_the_other() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    // Both mounts hold the root directory in their caches.
+    assert_eq!(fs::read_dir(&a.dir).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(&b.dir).unwrap().count(), 0);
+    assert_eq!(errno_of(&b.path("x")), Some(libc::ENOENT));
+    fs::write(a.path("x"), b"hi").unwrap();
+    assert_eq!(fs::read(b.path("x")).unwrap(), b"hi");
+    for i in 0..20 {
+        fs::write(b.path(&format!("b{i}")), format!("from b {i}")).unwrap();
+        fs::write(a.path(&format!("a{i}")), format!("from a {i}")).unwrap();
+        assert_eq!(
+            fs::read_to_string(b.path(&format!("a{i}"))).unwrap(),
+            format!("from a {i}")
+        );
+        assert_eq!(
+            fs::read_to_string(a.path(&format!("b{i}"))).unwrap(),
+            format!("from b {i}")
+        );
+    }
+    // A directory, a symlink and a hard link made on one mount, used on the other.
+    fs::create_dir(a.path("d")).unwrap();
+    fs::write(b.path("d/y"), b"in d").unwrap();
+    assert_eq!(fs::read(a.path("d/y")).unwrap(), b"in d");
+    std::os::unix::fs::symlink("d/y", b.path("sym")).unwrap();
+    assert_eq!(fs::read(a.path("sym")).unwrap(), b"in d");
+    fs::hard_link(a.path("x"), a.path("x2")).unwrap();
+    assert_eq!(fs::metadata(b.path("x2")).unwrap().nlink(), 2);
+    ok(Command::new("sh").arg("-c").arg(format!(
+        "echo made > {}/e && cat {}/e",
+        a.dir.display(),
+        b.dir.display()
+    )));
+
+    // Removed on a, after b looked it up: gone from b within attr_timeout, however
+    // often b asks meanwhile.
+    assert_eq!(fs::read(b.path("a0")).unwrap(), b"from a 0");
+    fs::remove_file(a.path("a0")).unwrap();
+    let removed = std::time::Instant::now();
+    for i in 0..10 {
+        let _ = fs::metadata(b.path("a0"));
+        fs::write(b.path(&format!("c{i}")), b"keeps b's copy of / busy").unwrap();
+    }
+    after_attr_timeout(removed);
+    assert_eq!(errno_of(&b.path("a0")), Some(libc::ENOENT));
+
+    // Renamed across directories on a: the new name at once on b, the old one gone
+    // within attr_timeout.
+    assert_eq!(fs::read(b.path("a1")).unwrap(), b"from a 1");
+    fs::rename(a.path("a1"), a.path("d/moved")).unwrap();
+    let renamed = std::time::Instant::now();
+    assert_eq!(fs::read(b.path("d/moved")).unwrap(), b"from a 1");
+    after_attr_timeout(renamed);
+    assert_eq!(errno_of(&b.path("a1")), Some(libc::ENOENT));
+    // And back, over an existing name, from b.
+    fs::rename(b.path("d/moved"), b.path("b0")).unwrap();
+    let renamed = std::time::Instant::now();
+    after_attr_timeout(renamed);
+    assert_eq!(fs::read(a.path("b0")).unwrap(), b"from a 1");
+    assert_eq!(errno_of(&a.path("d/moved")), Some(libc::ENOENT));
+    // A removed directory, and a listing on the other mount.
+    fs::remove_file(b.path("d/y")).unwrap();
+    fs::remove_dir(b.path("d")).unwrap();
+    let removed = std::time::Instant::now();
+    after_attr_timeout(removed);
+    assert_eq!(errno_of(&a.path("d")), Some(libc::ENOENT));
+    let mut names: Vec<String> = fs::read_dir(&a.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = fs::read_dir(&b.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+    assert!(!names.contains(&"d".to_string()) && names.contains(&"sym".to_string()));
+}
+
+/// A file grown, shrunk or appended to and closed on one mount reads whole at the next
+/// open on another, though that mount's kernel still holds the old size (within
+/// attr_timeout); an append there goes at the new end, not the old one.
+#[test]
+fn sizes_closed_on_one_mount_hold_at_the_next_open_on_the_other() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    fs::write(a.path("f"), b"first version").unwrap();
+    assert_eq!(fs::metadata(b.path("f")).unwrap().len(), 13);
+    let big = pattern(300_000, 7);
+    fs::write(a.path("f"), &big).unwrap();
+    let seen = fs::read(b.path("f")).unwrap();
+    assert!(seen == big, "read {} bytes, want {}", seen.len(), big.len());
+    assert_eq!(fs::metadata(b.path("f")).unwrap().len(), big.len() as u64);
+    fs::write(a.path("f"), b"short").unwrap();
+    assert_eq!(fs::read(b.path("f")).unwrap(), b"short");
+    // Without an open: a stat on b shows the size a closed once attr_timeout passed.
+    fs::write(a.path("s"), b"12345").unwrap();
+    assert_eq!(fs::metadata(b.path("s")).unwrap().len(), 5);
+    fs::write(a.path("s"), pattern(70_000, 4)).unwrap();
+    after_attr_timeout(std::time::Instant::now());
+    assert_eq!(fs::metadata(b.path("s")).unwrap().len(), 70_000);
+
+    let append = |p: &Path, data: &[u8]| {
+        let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+        f.write_all(data).unwrap();
+    };
+    fs::write(a.path("g"), b"abc").unwrap();
+    assert_eq!(fs::metadata(b.path("g")).unwrap().len(), 3);
+    append(&a.path("g"), b"defgh");
+    append(&b.path("g"), b"XY");
+    assert_eq!(fs::read(b.path("g")).unwrap(), b"abcdefghXY");
+    assert_eq!(fs::read(a.path("g")).unwrap(), b"abcdefghXY");
+    // Appends of whole pages, read back on the appending mount at once.
+    let mut want = pattern(10_000, 1);
+    fs::write(a.path("h"), &want).unwrap();
+    assert_eq!(fs::metadata(b.path("h")).unwrap().len(), 10_000);
+    let more = pattern(20_000, 2);
+    append(&a.path("h"), &more);
+    want.extend_from_slice(&more);
+    let last = pattern(3 * 4096, 3);
+    append(&b.path("h"), &last);
+    want.extend_from_slice(&last);
+    let seen = fs::read(b.path("h")).unwrap();
+    assert!(
+        seen == want,
+        "b read {} bytes, want {}",
+        seen.len(),
+        want.len()
+    );
+    let seen = fs::read(a.path("h")).unwrap();
+    assert!(
+        seen == want,
+        "a read {} bytes, want {}",
+        seen.len(),
+        want.len()
+    );
+}
+
+/// A directory another mount moved is renamed here, as the target replaced and as the
+/// source, though this mount's kernel still holds it under its old name (the lookup in
+/// the rename then finds it elsewhere while the rename holds the locks the kernel
+/// needs to move its old name: it failed with ESTALE).
+#[test]
+fn directories_moved_on_one_mount_can_be_renamed_on_the_other() {
+    let ring = Ring::start(3, 3);
+    let (a, b) = (small_chunks(&ring), small_chunks(&ring));
+    for d in ["c", "k", "m", "p"] {
+        fs::create_dir(b.path(d)).unwrap();
+    }
+    fs::write(b.path("m/inside"), b"in m").unwrap();
+    fs::rename(a.path("k"), a.path("c/d")).unwrap();
+    fs::rename(a.path("m"), a.path("c/e")).unwrap();
+    fs::rename(a.path("p"), a.path("c/q")).unwrap();
+    // The moved directory replaced by a rename here.
+    fs::create_dir(b.path("f")).unwrap();
+    fs::rename(b.path("f"), b.path("c/d")).unwrap();
+    // The moved directory renamed away here, its content with it.
+    fs::rename(b.path("c/e"), b.path("n")).unwrap();
+    assert_eq!(fs::read(b.path("n/inside")).unwrap(), b"in m");
+    // Found at its new place outside a rename: used as any other directory.
+    fs::write(b.path("c/q/new"), b"in q").unwrap();
+    assert_eq!(fs::read(a.path("c/q/new")).unwrap(), b"in q");
+    after_attr_timeout(std::time::Instant::now());
+    for m in [&a, &b] {
+        let mut names: Vec<String> = fs::read_dir(m.path("c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["d", "q"]);
+        assert_eq!(fs::read(m.path("n/inside")).unwrap(), b"in m");
+        for gone in ["f", "k", "m", "p", "c/e"] {
+            assert_eq!(errno_of(&m.path(gone)), Some(libc::ENOENT), "{gone}");
+        }
+    }
 }

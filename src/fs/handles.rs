@@ -24,6 +24,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
@@ -50,12 +51,21 @@ pub struct Engine {
     budget: Arc<Semaphore>,
     /// Concurrent chunk uploads.
     uploads: Arc<Semaphore>,
-    /// Directory records read or written in the last `ttl` (the kernel's own name
-    /// cache has the same lifetime); None when the TTL is 0. A writer uses its copy as
-    /// the version to write over: a stale one only costs a conflict and a read.
-    dirs: Option<moka::sync::Cache<Id, Arc<InodeRef>>>,
+    /// Directory records read or written in the last `ttl`, each with the instant it
+    /// was known current; None when the TTL is 0. A writer uses its copy as the version
+    /// to write over (a stale one only costs a conflict and a read); a lookup serves
+    /// the names it holds, never its misses (see `Fs::lookup`).
+    dirs: Option<moka::sync::Cache<Id, CachedDir>>,
+    ttl: Duration,
     // Never held across an await: lookups and inserts only.
     pending: Mutex<PendingFiles>,
+}
+
+/// A directory record of the cache and the instant it was known current.
+#[derive(Clone)]
+pub struct CachedDir {
+    dir: Arc<InodeRef>,
+    since: Instant,
 }
 
 /// A file created through this mount and not yet written to the ring: its parent, its
@@ -74,7 +84,7 @@ struct PendingFiles {
 }
 
 impl Engine {
-    pub fn new(client: Arc<Client>, ttl: std::time::Duration) -> Engine {
+    pub fn new(client: Arc<Client>, ttl: Duration) -> Engine {
         let parallel = client.cfg.parallel_chunks.max(1) * 2;
         let dirs = (!ttl.is_zero()).then(|| {
             moka::sync::Cache::builder()
@@ -87,18 +97,31 @@ impl Engine {
             budget: Arc::new(Semaphore::new(DIRTY_BUDGET_KIB)),
             uploads: Arc::new(Semaphore::new(parallel)),
             dirs,
+            ttl,
             pending: Mutex::new(PendingFiles::default()),
         }
     }
 
     pub fn cached_dir(&self, id: &Id) -> Option<Arc<InodeRef>> {
-        self.dirs.as_ref()?.get(id)
+        self.cached_dir_left(id).map(|(d, _)| d)
     }
 
-    pub fn cache_dir(&self, dir: InodeRef) {
+    /// A cached directory and how much of its `ttl` is left: names served from it
+    /// are given to the kernel for that long only, so a name removed elsewhere is
+    /// served at most `ttl` after this mount last knew the directory current.
+    pub fn cached_dir_left(&self, id: &Id) -> Option<(Arc<InodeRef>, Duration)> {
+        let c = self.dirs.as_ref()?.get(id)?;
+        let left = self.ttl.checked_sub(c.since.elapsed())?;
+        Some((c.dir, left))
+    }
+
+    /// Caches a directory record known current at `since` (when its read or the
+    /// write that made it started).
+    pub fn cache_dir(&self, dir: InodeRef, since: Instant) {
         if let Some(c) = &self.dirs {
             if dir.inode.kind == Kind::Dir {
-                c.insert(dir.id, Arc::new(dir));
+                let dir = Arc::new(dir);
+                c.insert(dir.id, CachedDir { dir, since });
             }
         }
     }
@@ -239,14 +262,17 @@ impl OpenFile {
         *self.overlay.lock().expect("overlay") = o;
     }
 
-    pub async fn write(&self, e: &Engine, offset: u64, data: &[u8]) -> Result<()> {
+    /// Writes `data` at `offset`, or at the file's end as this mount knows it when
+    /// `offset` is None (O_APPEND); returns the offset written at.
+    pub async fn write(&self, e: &Engine, offset: Option<u64>, data: &[u8]) -> Result<u64> {
         let mut s = self.state.lock().await;
-        let mut r = s.write(e, offset, data).await;
+        let at = offset.unwrap_or(s.size);
+        let mut r = s.write(e, at, data).await;
         if r.is_ok() && s.writeback_overdue() {
             r = s.commit(e).await;
         }
         self.set_overlay(&s);
-        r
+        r.map(|()| at)
     }
 
     /// Commits the file when chunks it uploaded have waited for their record longer
@@ -812,6 +838,7 @@ impl FileState {
             },
             time: created,
         };
+        let since = Instant::now();
         let link = e.client.edit_dir(&p.parent, edit.clone());
         let (written, linked) = tokio::join!(write_inode, link);
         if let Ok(v) = written {
@@ -824,7 +851,7 @@ impl FileState {
                 // The directory as written, from the cached version before it.
                 let known = e.cached_dir(&p.parent);
                 match edited(known.as_deref(), &edit, dir_version) {
-                    Some(dir) => e.cache_dir(dir),
+                    Some(dir) => e.cache_dir(dir, since),
                     None => e.forget_dir(&p.parent),
                 }
                 let version = written?;

@@ -31,8 +31,8 @@
 //! - `timeout=SECONDS`: how long one operation keeps trying replicas before it fails
 //!   with `EIO` (default 10; fractions allowed). No program hangs on a dead node longer.
 //! - `attr_timeout=SECONDS`: how long the kernel caches attributes and names (default
-//!   1). Opens always read the inode afresh (close-to-open consistency), so a file
-//!   written and closed on one mount is seen by the next open on another.
+//!   1): the longest a removed name or an old attribute outlives its change made on
+//!   another mount (see Semantics). 0 turns every cache off.
 //! - `allow_other` / `noallow_other`: let users other than the mounting one in
 //!   (default on when mounted by root). Permissions are checked by the kernel from
 //!   the files' modes (`default_permissions`).
@@ -60,6 +60,19 @@
 //!   `handles.rs`); this mount shows it at once, other mounts after that close. A name
 //!   taken elsewhere meanwhile makes that close fail with `EIO`, never overwritten.
 //!   `O_EXCL` creates are written before `open` returns.
+//! - What another mount of the same ring sees, and when:
+//!   - a name made there (mkdir, symlink, link, rename's new name, and a created file
+//!     once its creator closed or fsynced it) is found by any lookup here that starts
+//!     after: a name missing from this mount's cached directory is asked of the
+//!     directory's primary, and misses are cached nowhere (not in the kernel either);
+//!   - a name removed or renamed away there may still be served here for at most
+//!     `attr_timeout` from the removal (names found in a cached directory are given to
+//!     the kernel only for what is left of that copy's `attr_timeout`);
+//!   - a file closed there is read afresh by the next open here (close-to-open): its
+//!     content, and its size even when the kernel here still holds the old one (the
+//!     open makes it drop that), and an `O_APPEND` write goes at the new end;
+//!   - other attributes (`stat` of a file not opened since: size, mtime, mode, link
+//!     count; extended attributes) may be up to `attr_timeout` old.
 //! - atime is set at creation and by `utimensat`, not by reads.
 //! - Hard links, symlinks, FIFOs, sockets, device nodes, extended attributes
 //!   (`user.*`, `trusted.*`, `security.*`; not `system.*`) are stored in the ring.
@@ -71,6 +84,7 @@ mod inodes;
 mod mount;
 mod ops;
 mod options;
+mod placed;
 mod vfs;
 
 pub use errno::errno;

@@ -234,6 +234,7 @@ fn serve(
     let tracker = TaskTracker::new();
     let fuse = ChordFuse::new(fs.clone(), rt.handle().clone(), tracker.clone());
     let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(ring, opts))?;
+    fs.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
     tracing::info!("mounted {} at {}", ring, mountpoint.display());
     // Uploaded chunks never wait for their record longer than the write-back limit, so

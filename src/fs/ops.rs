@@ -52,7 +52,7 @@ fn caller(req: &Request) -> Caller {
 
 fn entry(fs: &Fs, reply: ReplyEntry, res: FsResult<FileAttr>) {
     match res {
-        Ok(a) => reply.entry(&fs.cfg.ttl, &a, Generation(0)),
+        Ok(a) => reply.entry(&fs.cfg.ttl, &a, Generation(fs.generation(a.ino))),
         Err(e) => reply.error(e),
     }
 }
@@ -103,15 +103,22 @@ impl fuser::Filesystem for ChordFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
         self.spawn(|fs| async move {
-            let res = fs.lookup(parent, &name).await;
-            entry(&fs, reply, res)
+            match fs.lookup(parent, &name).await {
+                // The name for as long as it is known good, its attributes for the TTL.
+                Ok((a, left, generation)) => {
+                    reply.entry_with_ttls(&fs.cfg.ttl, &left, &a, Generation(generation))
+                }
+                Err(e) => reply.error(e),
+            }
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(|fs| async move {
-            let res = fs.getattr(ino).await;
-            attr(&fs, reply, res)
+            match fs.getattr(ino).await {
+                Ok((a, left)) => reply.attr(&left, &a),
+                Err(e) => reply.error(e),
+            }
         });
     }
 
@@ -294,19 +301,28 @@ impl fuser::Filesystem for ChordFuse {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        let append = flags.0 & libc::O_APPEND != 0;
         self.spawn(|fs| async move {
-            match fs.write(fh.0, offset, &data).await {
-                Ok(n) => reply.written(n),
+            match fs.write(fh.0, offset, &data, append).await {
+                Ok((n, moved)) => {
+                    reply.written(n);
+                    if moved {
+                        // After the reply (the writer holds those pages until then),
+                        // on a blocking thread: dropping pages waits for their locks.
+                        let task = move || fs.forget_kernel_copy(ino, true);
+                        drop(tokio::task::spawn_blocking(task));
+                    }
+                }
                 Err(e) => reply.error(e),
             }
         });
@@ -364,10 +380,10 @@ impl fuser::Filesystem for ChordFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(rows) = self.fs.dirs.get(fh.0) else {
+        let Some(listing) = self.fs.dirs.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
-        for (i, row) in rows.iter().enumerate().skip(offset as usize) {
+        for (i, row) in listing.rows.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(row.ino), (i + 1) as u64, row.kind, &row.name) {
                 break;
             }
@@ -383,11 +399,13 @@ impl fuser::Filesystem for ChordFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(rows) = self.fs.dirs.get(fh.0) else {
+        let Some(listing) = self.fs.dirs.get(fh.0) else {
             return reply.error(Errno::EBADF);
         };
         self.spawn(|fs| async move {
-            let ttl = fs.cfg.ttl;
+            // Names as old as the listing; one TTL covers them and their attributes.
+            let ttl = fs.cfg.ttl.saturating_sub(listing.since.elapsed());
+            let rows = &listing.rows;
             let mut next = offset as usize;
             while next < rows.len() {
                 let batch = &rows[next..(next + READDIRPLUS_BATCH).min(rows.len())];
@@ -404,7 +422,7 @@ impl fuser::Filesystem for ChordFuse {
                         &row.name,
                         &ttl,
                         &attr,
-                        Generation(0),
+                        Generation(fs.generation(attr.ino)),
                     ) {
                         return reply.ok();
                     }
@@ -537,7 +555,7 @@ impl fuser::Filesystem for ChordFuse {
                 Ok((a, fh)) => reply.created(
                     &fs.cfg.ttl,
                     &a,
-                    Generation(0),
+                    Generation(fs.generation(a.ino)),
                     FileHandle(fh),
                     FopenFlags::empty(),
                 ),

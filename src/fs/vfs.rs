@@ -7,15 +7,18 @@ use super::inodes::{attr, kind_of_mode, InodeTable, BLOCK_BYTES};
 use crate::client::tree::InodeRef;
 use crate::client::{Client, ClientError};
 use crate::id::Id;
+use super::placed::Placements;
 use crate::proto::{Inode, Kind, Request, Response, Timespec};
 use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub type FsResult<T> = std::result::Result<T, Errno>;
 
 /// Inodes whose extended attributes are kept.
 const XATTR_CACHE_ENTRIES: u64 = 16_384;
+/// Inodes whose attributes as given to the kernel are remembered.
+const TOLD_ENTRIES: u64 = 65_536;
 
 /// Settings of a mount that the operations need.
 #[derive(Clone, Debug)]
@@ -35,6 +38,14 @@ pub struct DirRow {
     pub name: String,
 }
 
+/// A directory listing taken at opendir, and when its read started: readdirplus
+/// gives the kernel its names for what is left of `ttl` since then.
+#[derive(Debug)]
+pub struct Listing {
+    pub rows: Vec<DirRow>,
+    pub since: Instant,
+}
+
 /// Who is asking: the caller's ids, for ownership of new nodes.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
@@ -48,7 +59,7 @@ pub struct Fs {
     pub inodes: InodeTable,
     pub open: OpenFiles,
     pub files: Handles<Arc<OpenFile>>,
-    pub dirs: Handles<Arc<Vec<DirRow>>>,
+    pub dirs: Handles<Arc<Listing>>,
     /// Directories open here: their handles and their attributes at the last open. One
     /// removed while open still answers fstat, with no links, until its last close, as
     /// POSIX wants (xfstests generic/035).
@@ -57,7 +68,22 @@ pub struct Fs {
     /// Extended attributes of inodes read in the last `ttl` (`ls -l` asks for
     /// `security.*` names of every file it lists; this spares the ring those reads).
     xattr_cache: moka::sync::Cache<Id, Arc<Xattrs>>,
+    /// Size and mtime of each inode as last given to the kernel, kept as long as the
+    /// kernel may keep them: an open that reads other ones makes the kernel drop its
+    /// copy (see [`Fs::open`]).
+    told: moka::sync::Cache<u64, (u64, std::time::SystemTime)>,
+    /// How to tell the kernel to drop what it caches, once the session is up.
+    notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// Where the kernel holds each directory's name (see `placed.rs`).
+    placed: Placements,
 }
+
+/// How long a lookup that found a directory moved elsewhere waits for the kernel to
+/// drop the old name before it gives the directory a new generation instead.
+const MOVED_DIR_WAIT: Duration = Duration::from_millis(50);
+
+/// Kept beyond `ttl` in `Fs::told`: the kernel starts its clock after ours.
+const TOLD_SLACK: Duration = Duration::from_secs(1);
 
 type Xattrs = std::collections::BTreeMap<String, serde_bytes::ByteBuf>;
 
@@ -108,6 +134,49 @@ impl Fs {
                 .max_capacity(XATTR_CACHE_ENTRIES)
                 .time_to_live(cfg.ttl.max(Duration::from_millis(1)))
                 .build(),
+            told: moka::sync::Cache::builder()
+                .max_capacity(TOLD_ENTRIES)
+                .time_to_live(cfg.ttl + TOLD_SLACK)
+                .build(),
+            notifier: std::sync::OnceLock::new(),
+            placed: Placements::default(),
+        }
+    }
+
+    /// The generation of inode `ino` to give the kernel with its entry.
+    pub fn generation(&self, ino: INodeNo) -> u64 {
+        self.placed.generation(ino.0)
+    }
+
+    /// Asks the kernel to drop its name `name` in `parent`; true when that finished
+    /// within `MOVED_DIR_WAIT` (not while the parent is locked, as by a rename).
+    async fn drop_kernel_name(&self, parent: u64, name: String) -> bool {
+        let Some(n) = self.notifier.get().cloned() else {
+            return false;
+        };
+        // On a blocking thread: the kernel takes the parent's lock first.
+        let done = tokio::task::spawn_blocking(move || {
+            // ENOENT: the kernel holds no such name, which is as good.
+            let _ = n.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name));
+        });
+        tokio::time::timeout(MOVED_DIR_WAIT, done).await.is_ok()
+    }
+
+    /// Lets the filesystem tell the kernel to drop cached attributes and pages.
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// Makes the kernel drop its attributes of `ino` (and its cached pages too, with
+    /// `pages`), so its next stat, read past the end or seek reads them afresh. Never
+    /// called while the kernel waits on a reply about the same pages.
+    pub fn forget_kernel_copy(&self, ino: INodeNo, pages: bool) {
+        self.told.invalidate(&ino.0);
+        if let Some(n) = self.notifier.get() {
+            // Offset -1: attributes only.
+            if let Err(e) = n.inval_inode(ino, if pages { 0 } else { -1 }, 0) {
+                tracing::debug!("invalidating inode {}: {e}", ino.0);
+            }
         }
     }
 
@@ -139,8 +208,14 @@ impl Fs {
         if let Some(d) = self.engine.cached_dir(id) {
             return Ok(d);
         }
+        self.read_dir(id).await
+    }
+
+    /// A directory's record read from the ring (and cached).
+    async fn read_dir(&self, id: &Id) -> FsResult<Arc<InodeRef>> {
+        let since = Instant::now();
         let d = self.get(id).await?;
-        self.engine.cache_dir(d.clone());
+        self.engine.cache_dir(d.clone(), since);
         Ok(Arc::new(d))
     }
 
@@ -179,12 +254,19 @@ impl Fs {
         Ok(())
     }
 
-    /// The attributes of an inode, with what its open handles wrote but not committed.
+    /// The attributes of an inode just read or written, with what its open handles
+    /// wrote but not committed.
     pub fn attr_of(&self, r: &InodeRef) -> FileAttr {
         if !self.cfg.ttl.is_zero() {
             self.xattr_cache
                 .insert(r.id, Arc::new(r.inode.xattrs.clone()));
         }
+        self.attr_of_copy(r)
+    }
+
+    /// [`Fs::attr_of`] for a copy from the directory cache: its extended attributes,
+    /// as old as the copy, do not go into the xattr cache for another `ttl`.
+    fn attr_of_copy(&self, r: &InodeRef) -> FileAttr {
         let ino = self.inodes.ino(&r.id);
         let mut a = attr(ino, &r.inode);
         if r.inode.kind == Kind::Dir {
@@ -210,55 +292,124 @@ impl Fs {
                     a.ctime = m.into();
                 }
             }
+            if !self.cfg.ttl.is_zero() {
+                self.told.insert(ino, (a.size, a.mtime));
+            }
         }
         a
     }
 
-    pub async fn lookup(&self, parent: INodeNo, name: &std::ffi::OsStr) -> FsResult<FileAttr> {
+    /// A name in a directory: its attributes, and how long the kernel may keep the
+    /// name (the attributes, read now, are good for `ttl`).
+    ///
+    /// A name the cached directory holds is served from it, for what is left of the
+    /// copy's `ttl`, so a name removed elsewhere lives at most `ttl` here. A name the
+    /// copy lacks is asked of the directory's primary (one small round trip), so a name
+    /// made on another mount is found once its creator's close returned. Misses are
+    /// cached nowhere: an ENOENT reply leaves the kernel no negative entry. Pinned by
+    /// `tests/fs.rs`, `names_made_and_removed_on_one_mount_reach_the_other`.
+    ///
+    /// Also returns the generation to answer with: a directory found elsewhere than the
+    /// kernel last had it (moved by another mount) first has the kernel drop its old
+    /// name, or gets a new generation when that cannot finish (see `placed.rs`).
+    pub async fn lookup(
+        &self,
+        parent: INodeNo,
+        name: &std::ffi::OsStr,
+    ) -> FsResult<(FileAttr, Duration, u64)> {
+        let (a, ttl) = self.find(parent, name).await?;
+        let ino = a.ino;
+        if a.kind == FileType::Directory && ino != INodeNo::ROOT {
+            let name = name_str(name)?;
+            if let Some((p, n)) = self.placed.place(ino.0, parent.0, name) {
+                if !self.drop_kernel_name(p, n).await {
+                    self.placed.renew(ino.0);
+                }
+            }
+        }
+        Ok((a, ttl, self.generation(ino)))
+    }
+
+    async fn find(
+        &self,
+        parent: INodeNo,
+        name: &std::ffi::OsStr,
+    ) -> FsResult<(FileAttr, Duration)> {
         let name = name_str(name)?;
         if name.len() > crate::client::tree::NAME_MAX_BYTES {
             return Err(Errno::ENAMETOOLONG);
         }
         let pid = self.id(parent)?;
+        let ttl = self.cfg.ttl;
         // The kernel asks for "." (any node) and ".." (a directory) only to turn a file
         // handle back into an inode it no longer caches (open_by_handle_at; the mount
         // sets FUSE_EXPORT_SUPPORT). Pinned by tests/fs.rs file_handles_outlive_the_cache.
         match name {
-            "." => return Ok(self.attr_of(&self.get(&pid).await?)),
+            "." => return Ok((self.attr_of(&self.get(&pid).await?), ttl)),
             ".." => {
                 let dir = self.get(&pid).await?;
                 if dir.inode.kind != Kind::Dir {
                     return Err(Errno::ENOTDIR);
                 }
-                return Ok(self.attr_of(&self.get(&dir.inode.parent).await?));
+                return Ok((self.attr_of(&self.get(&dir.inode.parent).await?), ttl));
             }
             _ => {}
         }
         if let Some(id) = self.engine.pending_named(&pid, name) {
-            return Ok(self.attr_of(&self.get(&id).await?));
+            return Ok((self.attr_of(&self.get(&id).await?), ttl));
         }
-        let dir = self.dir(&pid).await?;
+        if let Some((dir, left)) = self.engine.cached_dir_left(&pid) {
+            if dir.inode.kind != Kind::Dir {
+                return Err(Errno::ENOTDIR);
+            }
+            match dir.inode.entries.get(name) {
+                Some(entry) => match self.get(&entry.id).await {
+                    Ok(child) => return Ok((self.attr_of(&child), left)),
+                    // Removed since the copy was read: the directory is read again.
+                    Err(Errno::ENOENT) => self.engine.forget_dir(&pid),
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    let peeked = self.client().peek_name(&pid, name).await;
+                    if let Some((version, found)) = peeked.map_err(|e| log_errno("lookup", &e))? {
+                        if version != dir.version {
+                            // Changed elsewhere: later lookups read it again.
+                            self.engine.forget_dir(&pid);
+                        }
+                        let entry = found.ok_or(Errno::ENOENT)?;
+                        return Ok((self.attr_of(&self.get(&entry.id).await?), ttl));
+                    }
+                    // No answer from the primary as such: the directory is read whole.
+                }
+            }
+        }
+        let dir = self.read_dir(&pid).await?;
         if dir.inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
         let entry = dir.inode.entries.get(name).ok_or(Errno::ENOENT)?;
         let child = self.get(&entry.id).await?;
-        Ok(self.attr_of(&child))
+        Ok((self.attr_of(&child), ttl))
     }
 
-    /// Attributes; a directory's come from the directory cache when it holds one (the
-    /// kernel asks for the parent's after every create, to check permissions).
-    pub async fn getattr(&self, ino: INodeNo) -> FsResult<FileAttr> {
+    /// Attributes, and how long the kernel may keep them; a directory's come from the
+    /// directory cache when it holds one (the kernel asks for the parent's after every
+    /// create, to check permissions), for what is left of the copy's `ttl`.
+    pub async fn getattr(&self, ino: INodeNo) -> FsResult<(FileAttr, Duration)> {
         let id = self.id(ino)?;
-        if let Some(d) = self.engine.cached_dir(&id) {
-            return Ok(self.attr_of(&d));
+        if let Some((d, left)) = self.engine.cached_dir_left(&id) {
+            return Ok((self.attr_of_copy(&d), left));
         }
+        let since = Instant::now();
         let r = match self.get(&id).await {
-            Err(Errno::ENOENT) => return self.removed_dir_attr(&id).ok_or(Errno::ENOENT),
+            Err(Errno::ENOENT) => {
+                let a = self.removed_dir_attr(&id).ok_or(Errno::ENOENT)?;
+                return Ok((a, self.cfg.ttl));
+            }
             r => r?,
         };
-        self.engine.cache_dir(r.clone());
-        Ok(self.attr_of(&r))
+        self.engine.cache_dir(r.clone(), since);
+        Ok((self.attr_of(&r), self.cfg.ttl))
     }
 
     /// The attributes of a directory that is gone from the ring but still open here.
@@ -372,6 +523,7 @@ impl Fs {
             return Err(Errno::EEXIST);
         }
         let inode = self.new_inode(who, &dir.inode, pid, mode, rdev, target)?;
+        let since = Instant::now();
         match self
             .client()
             .create_child_in(&pid, name, inode, Some((*dir).clone()))
@@ -381,8 +533,12 @@ impl Fs {
                 // The directory as this create wrote it: the next create or lookup in
                 // it needs no read.
                 match dir {
-                    Some(dir) => self.engine.cache_dir(dir),
+                    Some(dir) => self.engine.cache_dir(dir, since),
                     None => self.forget_dirs(&[pid]),
+                }
+                if child.inode.kind == Kind::Dir {
+                    let ino = self.inodes.ino(&child.id);
+                    self.placed.place(ino, parent.0, name);
                 }
                 Ok(child)
             }
@@ -497,9 +653,10 @@ impl Fs {
                 None => {}
             }
         }
+        let since = Instant::now();
         let dir = self.client().peek_inode(pid).await;
         let dir = dir.map_err(|e| log_errno("create", &e))?;
-        self.engine.cache_dir(dir.clone());
+        self.engine.cache_dir(dir.clone(), since);
         if dir.inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
@@ -521,6 +678,7 @@ impl Fs {
         }
         // A file open here is deleted at its last close instead.
         let known = self.engine.cached_dir(&pid);
+        let since = Instant::now();
         let ((id, left, deleted), written) = self
             .client()
             .unlink_child_in(
@@ -536,7 +694,7 @@ impl Fs {
         // The directory as the removal wrote it, when the cached copy was the version
         // before: the next lookup in it needs no read.
         match written {
-            Some(d) => self.engine.cache_dir(d),
+            Some(d) => self.engine.cache_dir(d, since),
             None => self.forget_dirs(&[pid]),
         }
         self.forget_dirs(&[id]);
@@ -578,6 +736,8 @@ impl Fs {
             .map_err(|e| log_errno("rename", &e))?;
         // The moved node's own record changed too (its ctime; a directory's parent).
         self.engine.forget_all_dirs();
+        // The kernel moves its name itself.
+        self.placed.moved(parent.0, name, newparent.0, newname);
         if let Some((old, left)) = replaced {
             self.forget_dirs(&[old]);
             self.maybe_delete(&old, left).await;
@@ -618,6 +778,13 @@ impl Fs {
     }
 
     /// Opens a file: reads its record afresh (close-to-open) and returns a handle.
+    ///
+    /// The kernel checked the open against attributes it may hold from before another
+    /// mount's close; with a stale size it would cut reads short and append at the old
+    /// end. So when the record read now differs from what the kernel was told, the
+    /// kernel drops its copy before the open returns (its pages it drops itself: no
+    /// `FOPEN_KEEP_CACHE`). Pinned by `tests/fs.rs`,
+    /// `sizes_closed_on_one_mount_hold_at_the_next_open_on_the_other`.
     pub async fn open(&self, ino: INodeNo) -> FsResult<u64> {
         let id = self.id(ino)?;
         let r = self.get(&id).await?;
@@ -625,6 +792,14 @@ impl Fs {
             Kind::Dir => return Err(Errno::EISDIR),
             Kind::File => {}
             _ => return Err(Errno::EINVAL),
+        }
+        if !self.open.is_open(&id) {
+            if let Some(told) = self.told.get(&ino.0) {
+                let now = attr(ino.0, &r.inode);
+                if told != (now.size, now.mtime) {
+                    self.forget_kernel_copy(ino, false);
+                }
+            }
         }
         Ok(self.open_ref(r).await)
     }
@@ -649,16 +824,27 @@ impl Fs {
             .map_err(|e| log_errno("read", &e))
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// A write at `offset`; with `append` (an O_APPEND handle) at the file's end as
+    /// this mount knows it, which lies past the kernel's offset when another mount grew
+    /// the file since the kernel last read its size. Returns the bytes written and
+    /// whether they went elsewhere than the kernel said (its pages there are wrong).
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+    ) -> FsResult<(u32, bool)> {
         let f = self.file(fh)?;
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
         if end > i64::MAX as u64 || too_big(end, f.state.lock().await.cb()) {
             return Err(Errno::EFBIG);
         }
-        f.write(&self.engine, offset, data)
+        let at = f
+            .write(&self.engine, (!append).then_some(offset), data)
             .await
             .map_err(|e| log_errno("write", &e))?;
-        Ok(data.len() as u32)
+        Ok((data.len() as u32, at != offset))
     }
 
     /// posix_fallocate: grows the file (the new range reads as zeros and takes no space
@@ -755,6 +941,7 @@ impl Fs {
         let id = self.id(ino)?;
         // Taken before the read: a file stored meanwhile is in one or the other.
         let pending = self.engine.pending_in(&id);
+        let since = Instant::now();
         let r = self.get(&id).await?;
         if r.inode.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
@@ -798,7 +985,7 @@ impl Fs {
         let e = open.entry(r.id).or_insert((0, a));
         *e = (e.0 + 1, a);
         drop(open);
-        Ok(self.dirs.insert(Arc::new(rows)))
+        Ok(self.dirs.insert(Arc::new(Listing { rows, since })))
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -806,7 +993,7 @@ impl Fs {
         let Some(id) = self
             .dirs
             .remove(fh)
-            .and_then(|rows| rows.first().map(|r| r.id))
+            .and_then(|l| l.rows.first().map(|r| r.id))
         else {
             return;
         };
