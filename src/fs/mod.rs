@@ -62,12 +62,14 @@
 //!   (`user.*`, `trusted.*`, `security.*`; not `system.*`) are stored in the ring.
 //!   `RENAME_EXCHANGE` is refused (`EINVAL`); `RENAME_NOREPLACE` is honoured.
 
+mod alloc;
 mod errno;
 mod handles;
 mod inodes;
 mod mount;
 mod ops;
 mod options;
+mod rename2;
 mod vfs;
 
 pub use errno::errno;
