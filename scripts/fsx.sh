@@ -5,7 +5,8 @@
 #
 # Needs root and `cargo install --locked fsx`. Each seed runs on its own file with
 # reads, writes, mmap reads and writes, truncates, fsync, close/reopen, fallocate,
-# sendfile and copy_file_range, on 64 KiB chunks so that chunk edges are crossed often.
+# punch hole, sendfile and copy_file_range (server-side: shared chunks), on 64 KiB
+# chunks so that chunk edges are crossed often.
 # Environment: CHORDFS_BIN, MOUNT_OPTS (extra -o options), KEEP=1 to keep the work dir.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +45,7 @@ truncate = 3
 fsync = 1
 fdatasync = 1
 posix_fallocate = 1
-punch_hole = 0
+punch_hole = 1
 sendfile = 1
 copy_file_range = 1
 TOML

@@ -1111,3 +1111,412 @@ fn directories_moved_on_one_mount_can_be_renamed_on_the_other() {
         }
     }
 }
+
+// ---- Server-side copies, holes and range operations (docs/mount.md, "Copies, holes
+// and ranges"). Each operation runs on a chordfs file and on a local one alike, and
+// the bytes must then be equal.
+
+/// Chunk writes the ring's nodes received so far (their `chordfs_chunk_puts_total`).
+fn chunk_puts(ring: &Ring) -> u64 {
+    use std::net::TcpStream;
+    let mut total = 0;
+    for n in &ring.nodes {
+        let json = fs::read_to_string(n.dir.join("node.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let http = v["http"].as_str().expect("sidecar address").to_string();
+        let mut s = TcpStream::connect(&http).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("chordfs_chunk_puts_total"))
+            .expect("chunk_puts metric");
+        total += line
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+    }
+    total
+}
+
+fn rw(p: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(p)
+        .unwrap()
+}
+
+/// copy_file_range(2) of `len` bytes; returns the bytes copied or the errno.
+// SAFETY (each of these): plain syscalls on fds and C strings that outlive them.
+#[allow(unsafe_code)]
+fn copy_range(
+    from: &fs::File,
+    off_in: u64,
+    to: &fs::File,
+    off_out: u64,
+    len: usize,
+) -> Result<usize, i32> {
+    use std::os::fd::AsRawFd;
+    let (mut i, mut o) = (off_in as i64, off_out as i64);
+    let mut done = 0;
+    while done < len {
+        let n = unsafe {
+            libc::copy_file_range(
+                from.as_raw_fd(),
+                &mut i,
+                to.as_raw_fd(),
+                &mut o,
+                len - done,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    Ok(done)
+}
+
+#[allow(unsafe_code)]
+fn fallocate(f: &fs::File, mode: i32, off: u64, len: u64) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+#[allow(unsafe_code)]
+fn seek_to(f: &fs::File, off: u64, whence: i32) -> Result<u64, i32> {
+    use std::os::fd::AsRawFd;
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+fn write_at(f: &fs::File, off: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(data, off).unwrap();
+}
+
+fn assert_same(local: &Path, remote: &Path, what: &str) {
+    let (l, r) = (fs::read(local).unwrap(), fs::read(remote).unwrap());
+    assert_eq!(l.len(), r.len(), "{what}: sizes differ");
+    if let Some(at) = l.iter().zip(&r).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {at}");
+    }
+}
+
+#[test]
+fn copies_share_chunks_and_are_independent_of_their_source() {
+    let ring = Ring::start(3, 3);
+    let m = small_chunks(&ring);
+    let local = tempfile::tempdir().unwrap();
+    let (l, r) = (|n: &str| local.path().join(n), |n: &str| m.path(n));
+    let size = 40 * CHUNK + 1234;
+    let data = pattern(size, 7);
+    fs::write(l("src"), &data).unwrap();
+    fs::write(r("src"), &data).unwrap();
+
+    // A whole-file copy: the whole chunks are shared, so (almost) no chunk is written.
+    let before = chunk_puts(&ring);
+    for p in [l("src"), r("src")] {
+        let (s, d) = (fs::File::open(&p).unwrap(), rw(&p.with_file_name("dst")));
+        assert_eq!(copy_range(&s, 0, &d, 0, size + 999), Ok(size));
+    }
+    let moved = chunk_puts(&ring) - before;
+    assert!(
+        moved <= 3 * 2,
+        "a copy of 40 whole chunks wrote {moved} chunk copies"
+    );
+    assert_same(&l("dst"), &r("dst"), "the copy");
+    ok(Command::new("cp").arg(r("src")).arg(r("cp"))); // coreutils' cp uses it too
+    assert_same(&l("src"), &r("cp"), "cp");
+
+    // Each side changes alone afterwards.
+    for (name, off, seed) in [
+        ("dst", 5 * CHUNK as u64 + 3, 1),
+        ("src", 0, 2),
+        ("dst", size as u64 - 10, 3),
+    ] {
+        for p in [l(name), r(name)] {
+            write_at(&rw(&p), off, &pattern(CHUNK + 77, seed));
+        }
+    }
+    for p in [l("src"), r("src")] {
+        rw(&p).set_len(3 * CHUNK as u64 + 5).unwrap();
+    }
+    for name in ["src", "dst"] {
+        assert_same(&l(name), &r(name), name);
+    }
+    let m2 = small_chunks(&ring);
+    assert_same(
+        &l("dst"),
+        &m2.path("dst"),
+        "the copy, read by another mount",
+    );
+    assert_same(
+        &l("src"),
+        &m2.path("src"),
+        "the source, read by another mount",
+    );
+    // Removing the source leaves the copy whole.
+    fs::remove_file(r("src")).unwrap();
+    assert_same(&l("dst"), &m2.path("dst"), "the copy after its source went");
+}
+
+#[test]
+fn partial_unaligned_and_same_file_copies_match_a_local_file() {
+    let ring = Ring::start(3, 3);
+    let m = small_chunks(&ring);
+    let local = tempfile::tempdir().unwrap();
+    let size = 12 * CHUNK + 500;
+    let c = CHUNK as u64;
+    for name in ["a", "b"] {
+        let data = pattern(size, name.len() as u64 + 40);
+        fs::write(local.path().join(name), &data).unwrap();
+        fs::write(m.path(name), &data).unwrap();
+    }
+    // (from, off_in, to, off_out, len): aligned alike within chunks, misaligned, tiny,
+    // past the end of the destination, one file (non-overlapping) and with a hole.
+    let copies: [(&str, u64, &str, u64, usize); 7] = [
+        ("a", c / 2 + 7, "b", 3 * c + c / 2 + 7, 5 * CHUNK),
+        ("a", 1, "b", 2, 4 * CHUNK + 3),
+        ("a", 3 * c, "b", 9 * c, 10),
+        ("a", 2 * c, "b", 11 * c, 6 * CHUNK),
+        ("a", 0, "a", 8 * c, 3 * CHUNK + 11),
+        ("b", 14 * c, "b", c, 2 * CHUNK),
+        ("a", 30 * c, "b", 0, 100),
+    ];
+    for (i, (from, off_in, to, off_out, len)) in copies.into_iter().enumerate() {
+        let mut got = Vec::new();
+        for base in [local.path(), m.dir.as_path()] {
+            let (s, d) = (rw(&base.join(from)), rw(&base.join(to)));
+            got.push(copy_range(&s, off_in, &d, off_out, len));
+        }
+        assert_eq!(got[0], got[1], "copy {i}: what copy_file_range answered");
+        for name in ["a", "b"] {
+            assert_same(
+                &local.path().join(name),
+                &m.path(name),
+                &format!("copy {i}, {name}"),
+            );
+        }
+    }
+    // Overlapping ranges of one file are refused (copy_file_range(2): EINVAL).
+    let f = rw(&m.path("a"));
+    assert_eq!(copy_range(&f, 0, &f, c / 2, 2 * CHUNK), Err(libc::EINVAL));
+    assert_same(
+        &local.path().join("a"),
+        &m.path("a"),
+        "after the refused copy",
+    );
+}
+
+#[test]
+fn punch_hole_zero_range_and_preallocation_match_a_local_file() {
+    let ring = Ring::start(3, 3);
+    let m = small_chunks(&ring);
+    let local = tempfile::tempdir().unwrap();
+    let c = CHUNK as u64;
+    let size = 16 * CHUNK + 300;
+    let data = pattern(size, 11);
+    fs::write(local.path().join("f"), &data).unwrap();
+    fs::write(m.path("f"), &data).unwrap();
+    let (lf, rf) = (rw(&local.path().join("f")), rw(&m.path("f")));
+    let keep = libc::FALLOC_FL_KEEP_SIZE;
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | keep;
+    let zero = libc::FALLOC_FL_ZERO_RANGE;
+    let ops: [(i32, u64, u64); 9] = [
+        (punch, 2 * c, 3 * c),        // whole chunks
+        (punch, 7 * c + 100, c + 50), // unaligned edges
+        (punch, 15 * c, 10 * c),      // past the end (size kept)
+        (zero, 9 * c + 1, 2 * c),     // zero range, unaligned
+        (zero | keep, 16 * c, 4 * c), // past the end, size kept
+        (zero, 17 * c, c + 9),        // past the end: grows
+        (0, 20 * c, c),               // plain preallocation grows the file
+        (keep, 30 * c, c),            // ... and with KEEP_SIZE changes nothing
+        (punch, 0, 100),              // inside one chunk
+    ];
+    for (i, (mode, off, len)) in ops.into_iter().enumerate() {
+        assert_eq!(fallocate(&lf, mode, off, len), Ok(()), "local op {i}");
+        assert_eq!(fallocate(&rf, mode, off, len), Ok(()), "chordfs op {i}");
+        assert_same(
+            &local.path().join("f"),
+            &m.path("f"),
+            &format!("fallocate op {i}"),
+        );
+    }
+    // Punch needs KEEP_SIZE (the kernel's rule).
+    assert_eq!(
+        fallocate(&rf, libc::FALLOC_FL_PUNCH_HOLE, 0, c),
+        Err(libc::EOPNOTSUPP)
+    );
+    // Holes take no blocks: a fresh stat after the punches shows fewer than the size.
+    let st = fs::metadata(m.path("f")).unwrap();
+    assert!(
+        st.blocks() * 512 < st.len() - 4 * c,
+        "{} blocks for {} bytes",
+        st.blocks(),
+        st.len()
+    );
+    assert_eq!(st.blksize(), c, "st_blksize is the chunk size");
+
+    // Collapse and insert: the kernel's FUSE layer answers for the filesystem
+    // (docs/mount.md), and the file is left alone.
+    for mode in [libc::FALLOC_FL_COLLAPSE_RANGE, libc::FALLOC_FL_INSERT_RANGE] {
+        assert_eq!(fallocate(&rf, mode, c, c), Err(libc::EOPNOTSUPP));
+    }
+    assert_same(
+        &local.path().join("f"),
+        &m.path("f"),
+        "after collapse and insert",
+    );
+    drop(rf);
+    let m2 = small_chunks(&ring);
+    assert_same(
+        &local.path().join("f"),
+        &m2.path("f"),
+        "read by another mount",
+    );
+}
+
+#[test]
+fn seek_data_and_seek_hole_find_the_real_holes() {
+    let ring = Ring::start(3, 3);
+    let m = small_chunks(&ring);
+    let c = CHUNK as u64;
+    // Data in chunks 1 and 4; holes elsewhere; 8 chunks and a bit.
+    let f = rw(&m.path("sparse"));
+    write_at(&f, c + 10, b"one");
+    write_at(&f, 4 * c, &pattern(CHUNK, 3));
+    f.set_len(8 * c + 100).unwrap();
+    f.sync_all().unwrap();
+    for f in [f, fs::File::open(m.path("sparse")).unwrap()] {
+        assert_eq!(seek_to(&f, 0, libc::SEEK_DATA), Ok(c));
+        assert_eq!(seek_to(&f, 0, libc::SEEK_HOLE), Ok(0));
+        assert_eq!(seek_to(&f, c + 5, libc::SEEK_HOLE), Ok(2 * c));
+        assert_eq!(seek_to(&f, 2 * c, libc::SEEK_DATA), Ok(4 * c));
+        assert_eq!(seek_to(&f, 4 * c + 1, libc::SEEK_DATA), Ok(4 * c + 1));
+        assert_eq!(seek_to(&f, 4 * c, libc::SEEK_HOLE), Ok(5 * c));
+        assert_eq!(seek_to(&f, 5 * c, libc::SEEK_DATA), Err(libc::ENXIO));
+        assert_eq!(seek_to(&f, 8 * c + 100, libc::SEEK_HOLE), Err(libc::ENXIO));
+    }
+    // What a sparse-aware copy makes of it: the same bytes, and still sparse.
+    let local = tempfile::tempdir().unwrap();
+    ok(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(m.path("sparse"))
+        .arg(local.path().join("back")));
+    assert_same(
+        &local.path().join("back"),
+        &m.path("sparse"),
+        "cp of a sparse file",
+    );
+    let st = fs::metadata(m.path("sparse")).unwrap();
+    assert_eq!(st.blocks() * 512, 2 * c, "two chunks hold data");
+}
+
+#[allow(unsafe_code)]
+fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let (a, b) = (
+        CString::new(from.as_os_str().as_bytes()).unwrap(),
+        CString::new(to.as_os_str().as_bytes()).unwrap(),
+    );
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+#[test]
+fn rename_exchange_and_whiteout() {
+    let ring = Ring::start(3, 3);
+    let m = small_chunks(&ring);
+    let p = |n: &str| m.path(n);
+    fs::create_dir_all(p("d1/sub")).unwrap();
+    fs::create_dir_all(p("d2")).unwrap();
+    fs::write(p("d1/f"), b"one").unwrap();
+    fs::write(p("d2/g"), b"two").unwrap();
+    fs::write(p("d1/sub/inner"), b"in").unwrap();
+    let ex = libc::RENAME_EXCHANGE;
+    // Files within one directory, then across directories.
+    fs::write(p("d1/h"), b"three").unwrap();
+    renameat2(&p("d1/f"), &p("d1/h"), ex).unwrap();
+    assert_eq!(fs::read(p("d1/f")).unwrap(), b"three");
+    assert_eq!(fs::read(p("d1/h")).unwrap(), b"one");
+    renameat2(&p("d1/h"), &p("d2/g"), ex).unwrap();
+    assert_eq!(fs::read(p("d1/h")).unwrap(), b"two");
+    assert_eq!(fs::read(p("d2/g")).unwrap(), b"one");
+    // A directory with a file across directories: `..` and link counts follow.
+    renameat2(&p("d1/sub"), &p("d2/g"), ex).unwrap();
+    assert_eq!(fs::read(p("d1/sub")).unwrap(), b"one");
+    assert_eq!(fs::read(p("d2/g/inner")).unwrap(), b"in");
+    assert_eq!(fs::metadata(p("d1")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(p("d2")).unwrap().nlink(), 3);
+    assert_eq!(
+        fs::metadata(p("d2/g/..")).unwrap().ino(),
+        fs::metadata(p("d2")).unwrap().ino()
+    );
+    // Two directories.
+    fs::create_dir(p("d1/e")).unwrap();
+    renameat2(&p("d1/e"), &p("d2/g"), ex).unwrap();
+    assert!(p("d1/e/inner").exists() && fs::read_dir(p("d2/g")).unwrap().count() == 0);
+    // Refused: a missing name, a directory into its own subtree.
+    assert_eq!(renameat2(&p("d1/none"), &p("d1/h"), ex), Err(libc::ENOENT));
+    fs::create_dir(p("d1/e/deeper")).unwrap();
+    assert_eq!(
+        renameat2(&p("d1/e"), &p("d1/e/deeper"), ex),
+        Err(libc::EINVAL)
+    );
+    // A second mount sees the exchanged names.
+    let m2 = small_chunks(&ring);
+    assert_eq!(fs::read(m2.path("d1/h")).unwrap(), b"two");
+    assert!(m2.path("d1/e/inner").exists());
+
+    // Whiteout: the rename happens and a 0/0 character device takes the source's name.
+    match renameat2(&p("d1/h"), &p("d2/moved"), libc::RENAME_WHITEOUT) {
+        Ok(()) => {
+            assert_eq!(fs::read(p("d2/moved")).unwrap(), b"two");
+            let st = fs::symlink_metadata(p("d1/h")).unwrap();
+            use std::os::unix::fs::FileTypeExt;
+            assert!(st.file_type().is_char_device());
+            assert_eq!(st.rdev(), 0);
+            // A mount that never looked the name up sees the whiteout too.
+            let m3 = small_chunks(&ring);
+            let st3 = fs::symlink_metadata(m3.path("d1/h")).unwrap();
+            assert!(st3.file_type().is_char_device());
+            assert_eq!(fs::read(m3.path("d2/moved")).unwrap(), b"two");
+        }
+        // Only if the kernel does not pass the flag to FUSE (docs/mount.md).
+        Err(e) => assert_eq!(e, libc::EINVAL),
+    }
+}

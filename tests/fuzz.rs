@@ -313,6 +313,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(after, limit)| Request::ListChunkRefs { after, limit }),
         (ids(64), any::<u64>()).prop_map(|(keys, grace_ms)| Request::DropChunks { keys, grace_ms }),
         Just(Request::CollectGarbage),
+        ids(64).prop_map(|keys| Request::TouchChunks { keys }),
         (proptest::option::of(id()), any::<u32>())
             .prop_map(|(after, limit)| Request::ListKeys { after, limit }),
     ]
@@ -342,9 +343,10 @@ fn request_variant(r: &Request) -> usize {
         Request::RevertRecordCopy { .. } => 18,
         Request::EditRecord { .. } => 19,
         Request::LookupName { .. } => 20,
+        Request::TouchChunks { .. } => 21,
     }
 }
-const REQUEST_VARIANTS: usize = 21;
+const REQUEST_VARIANTS: usize = 22;
 
 fn node_stats() -> impl Strategy<Value = NodeStats> {
     any::<[u64; 5]>().prop_map(

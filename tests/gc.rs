@@ -486,3 +486,77 @@ fn df_on_a_mount_shows_the_space_coming_back() {
     let got = std::fs::read(m.path("t")).unwrap();
     assert!(got == t[..100_000], "the truncated file reads back");
 }
+
+/// A copy's record names its source's chunks (as the mount's copy_file_range writes
+/// it): the chunks survive the source's removal and a sweep, and go with the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_shared_by_a_copy_survive_the_source_and_go_with_the_copy() {
+    let c = ring(1).await;
+    let client = small_chunk_client(&c).await;
+    let data = random_bytes(6 * CHUNK as usize + 99, 40);
+    put_bytes(&client, "/src", &data).await;
+    let src = client.resolve("/src").await.unwrap();
+    let keys = chunks_of(&client, "/src").await;
+    let root = client.root().await.unwrap();
+    client
+        .keep_chunks(&src.inode.chunks)
+        .await
+        .expect("keep the shared chunks");
+    client
+        .create_child(&root.id, "copy", src.inode.clone(), None)
+        .await
+        .expect("the copy's record");
+    remove(&client, "/src").await;
+    wait_until("every shared chunk on every node", SETTLE, || async {
+        check_everywhere(&c, &keys).await
+    })
+    .await;
+    // Sweeps after the grace (1 s) has passed for every chunk: none of them goes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sweep_all(&c, &client).await.expect("sweeps");
+    check_everywhere(&c, &keys)
+        .await
+        .expect("chunks named by the copy survive the source's removal");
+    assert_same("/copy", &get_bytes(&client, "/copy").await, &data);
+    remove(&client, "/copy").await;
+    sweep_until_gone(&c, &client, &keys).await;
+}
+
+/// The window a copy closes with `TouchChunks` (client/keep.rs): chunks that no record
+/// names any more and that are old would be freed by a sweep; touched, they are young,
+/// so a record written after the touch finds them kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_touched_chunk_outlives_its_only_record() {
+    let c = ring(3600).await;
+    let client = small_chunk_client(&c).await;
+    let shared = Bytes::from(random_bytes(CHUNK as usize, 41));
+    let control = Bytes::from(random_bytes(CHUNK as usize, 42));
+    let (shared_key, control_key) = (Id::hash(&shared), Id::hash(&control));
+    // Two old chunks on every holder that no record names: the source just removed.
+    for addr in c.live_addrs() {
+        for (key, data) in [(shared_key, &shared), (control_key, &control)] {
+            let req = Request::PutChunkCopy {
+                key,
+                data: data.clone(),
+                age_ms: 7_200_000,
+            };
+            match c.request(&addr, req).await {
+                Ok(Response::Stored { .. }) => {}
+                other => panic!("{addr}: {other:?}"),
+            }
+        }
+    }
+    let missing = Id::hash(b"never stored");
+    assert_eq!(
+        client.touch_chunks(&[shared_key, Id::ZERO, missing]).await,
+        [missing],
+        "every holder confirms the held chunk; holes are not asked about"
+    );
+    sweep_all(&c, &client).await.expect("sweeps");
+    check_everywhere(&c, &[shared_key].into())
+        .await
+        .expect("the touched chunk is young, so kept");
+    check_gone(&c, &[control_key].into())
+        .await
+        .expect("the old one nobody touched is freed");
+}

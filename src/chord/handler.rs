@@ -2,7 +2,7 @@
 //! hand it to the subsystem it belongs to.
 
 use super::node::Node;
-use crate::proto::{ErrorKind, Request, Response, KEYS_MAX};
+use crate::proto::{ErrorKind, Held, Request, Response, KEYS_MAX};
 use crate::ring::Step;
 use crate::store::EntryKind;
 use futures::future::BoxFuture;
@@ -141,6 +141,20 @@ impl Node {
                 Response::Dropped { chunks, bytes }
             }
             Request::CollectGarbage => self.gc.collect_garbage().await,
+            Request::TouchChunks { keys } => {
+                let held = core.store.touch_chunks(keys.clone()).await;
+                for (key, kept) in keys.iter().zip(&held) {
+                    if *kept {
+                        // As for a writer's store: the chunk is live again.
+                        self.gc.forget_freed(key);
+                    }
+                }
+                Response::Held(
+                    held.into_iter()
+                        .map(|h| if h { Held::Kept(0) } else { Held::No })
+                        .collect(),
+                )
+            }
         }
     }
 }
@@ -165,6 +179,7 @@ fn refused_while_leaving(req: &Request) -> bool {
             | Request::EditRecord { .. }
             | Request::DropChunks { .. }
             | Request::CollectGarbage
+            | Request::TouchChunks { .. }
     )
 }
 

@@ -10,8 +10,11 @@
 //!  view.rs   sorted membership: the key's primary in one hop, Chord lookup when stale
 //! ```
 
+pub mod exchange;
 pub mod files;
+pub mod keep;
 pub mod kv;
+pub mod ranges;
 mod retry;
 pub mod status;
 pub mod tree;

@@ -579,7 +579,7 @@ impl Client {
     }
 
     /// True when `ancestor` is `dir` or one of its ancestors.
-    async fn is_ancestor(&self, ancestor: &Id, dir: &Id) -> Result<bool> {
+    pub(crate) async fn is_ancestor(&self, ancestor: &Id, dir: &Id) -> Result<bool> {
         let root = root_id();
         let mut cur = *dir;
         for _ in 0..MAX_DEPTH {
@@ -604,6 +604,22 @@ impl Client {
         dst_parent: &Id,
         dst_name: &str,
         no_replace: bool,
+    ) -> Result<Option<(Id, u32)>> {
+        self.rename_leaving(src_parent, src_name, dst_parent, dst_name, no_replace, None)
+            .await
+    }
+
+    /// [`Client::rename`] that leaves `leave` under the source name, in the same
+    /// directory write that takes the moved entry out (RENAME_WHITEOUT: a whiteout
+    /// device the caller has stored): the source name never reads as absent.
+    pub async fn rename_leaving(
+        &self,
+        src_parent: &Id,
+        src_name: &str,
+        dst_parent: &Id,
+        dst_name: &str,
+        no_replace: bool,
+        leave: Option<DirEntry>,
     ) -> Result<Option<(Id, u32)>> {
         check_name(src_name)?;
         check_name(dst_name)?;
@@ -645,6 +661,9 @@ impl Client {
                 check_entries(dir, src_name, &src.id, dst_name, expect_dst)?;
                 dir.entries.remove(src_name);
                 dir.entries.insert(dst_name.to_string(), src);
+                if let Some(w) = leave {
+                    dir.entries.insert(src_name.to_string(), w);
+                }
                 dir.mtime = now;
                 dir.ctime = now;
                 Ok(())
@@ -668,6 +687,9 @@ impl Client {
             self.update_inode(src_parent, |dir| {
                 if dir.entries.get(src_name).map(|e| e.id) == Some(src.id) {
                     dir.entries.remove(src_name);
+                    if let Some(w) = leave {
+                        dir.entries.insert(src_name.to_string(), w);
+                    }
                 }
                 dir.mtime = now;
                 dir.ctime = now;

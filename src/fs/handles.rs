@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+mod alloc;
+pub use alloc::FILE_MAX_BYTES;
+
 /// Dirty bytes a mount may hold before writers wait for uploads (in KiB permits).
 pub const DIRTY_BUDGET_KIB: usize = 32 * 1024;
 /// Dirty (not yet uploading) bytes of one file that trigger uploading them all.

@@ -98,6 +98,16 @@ pub fn stored_bytes(inode: &Inode) -> u64 {
         .sum()
 }
 
+/// `st_blksize`: a regular file's chunk size (the unit in which chordfs shares, punches,
+/// collapses and inserts, so COLLAPSE_RANGE and INSERT_RANGE must be aligned to it, and
+/// the I/O size that costs no read-modify-write), 4 KiB for everything else.
+pub fn blksize(inode: &Inode) -> u32 {
+    match inode.kind {
+        Kind::File if inode.chunk_bytes > 0 => inode.chunk_bytes,
+        _ => BLOCK_BYTES,
+    }
+}
+
 /// The `stat` attributes of an inode.
 pub fn attr(ino: u64, inode: &Inode) -> FileAttr {
     let nlink = match inode.kind {
@@ -129,7 +139,7 @@ pub fn attr(ino: u64, inode: &Inode) -> FileAttr {
         uid: inode.uid,
         gid: inode.gid,
         rdev: inode.rdev,
-        blksize: BLOCK_BYTES,
+        blksize: blksize(inode),
         flags: 0,
     }
 }

@@ -78,6 +78,7 @@
 //!   (`user.*`, `trusted.*`, `security.*`; not `system.*`) are stored in the ring.
 //!   `RENAME_EXCHANGE` is refused (`EINVAL`); `RENAME_NOREPLACE` is honoured.
 
+mod alloc;
 mod errno;
 mod handles;
 mod inodes;
@@ -85,6 +86,7 @@ mod mount;
 mod ops;
 mod options;
 mod placed;
+mod rename2;
 mod vfs;
 
 pub use errno::errno;

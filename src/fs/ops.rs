@@ -3,10 +3,11 @@
 
 use super::vfs::{Caller, Fs, FsResult, SetAttr};
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo,
-    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -237,7 +238,7 @@ impl fuser::Filesystem for ChordFuse {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -246,6 +247,16 @@ impl fuser::Filesystem for ChordFuse {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (name.to_owned(), newname.to_owned());
+        let bits = flags.bits();
+        if bits & (libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT) != 0 {
+            let who = caller(req);
+            return self.spawn(|fs| async move {
+                let res = fs
+                    .rename2(who, parent, &name, newparent, &newname, bits)
+                    .await;
+                empty(reply, res)
+            });
+        }
         self.spawn(|fs| async move {
             empty(
                 reply,
@@ -515,6 +526,47 @@ impl fuser::Filesystem for ChordFuse {
         self.spawn(
             |fs| async move { empty(reply, fs.fallocate(fh.0, offset, length, mode).await) },
         );
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        self.spawn(|fs| async move {
+            match fs
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+                .await
+            {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.spawn(|fs| async move {
+            match fs.lseek(fh.0, offset, whence).await {
+                Ok(o) => reply.offset(o),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn ioctl(

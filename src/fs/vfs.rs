@@ -105,7 +105,7 @@ pub struct SetAttr {
 /// huge_offsets_get_efbig_and_the_mount_lives.
 const MAX_FILE_CHUNKS: u64 = 1 << 20;
 
-fn too_big(size: u64, chunk_bytes: u64) -> bool {
+pub(super) fn too_big(size: u64, chunk_bytes: u64) -> bool {
     size.div_ceil(chunk_bytes) > MAX_FILE_CHUNKS
 }
 
@@ -184,7 +184,7 @@ impl Fs {
         &self.engine.client
     }
 
-    fn id(&self, ino: INodeNo) -> FsResult<Id> {
+    pub(super) fn id(&self, ino: INodeNo) -> FsResult<Id> {
         self.inodes.id(ino).ok_or(Errno::ENOENT)
     }
 
@@ -240,7 +240,7 @@ impl Fs {
         }
     }
 
-    async fn settle_name(&self, parent: &Id, name: &str) -> FsResult<()> {
+    pub(super) async fn settle_name(&self, parent: &Id, name: &str) -> FsResult<()> {
         match self.engine.pending_named(parent, name) {
             Some(id) => self.settle(&id).await,
             None => Ok(()),
@@ -704,7 +704,7 @@ impl Fs {
         Ok(())
     }
 
-    async fn maybe_delete(&self, id: &Id, left: u32) {
+    pub(super) async fn maybe_delete(&self, id: &Id, left: u32) {
         if left == 0 && !self.open.defer_delete(id) {
             if let Err(e) = self.client().delete_inode(id).await {
                 tracing::warn!("deleting unlinked inode {}: {e}", id.short());
@@ -845,25 +845,6 @@ impl Fs {
             .await
             .map_err(|e| log_errno("write", &e))?;
         Ok((data.len() as u32, at != offset))
-    }
-
-    /// posix_fallocate: grows the file (the new range reads as zeros and takes no space
-    /// until written; the ring has no reservations). Other modes are not supported.
-    pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
-        let f = self.file(fh)?;
-        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
-            return Err(Errno::EOPNOTSUPP);
-        }
-        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
-        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
-            return Ok(());
-        }
-        if too_big(end, f.state.lock().await.cb()) {
-            return Err(Errno::EFBIG);
-        }
-        f.extend(&self.engine, end)
-            .await
-            .map_err(|e| log_errno("fallocate", &e))
     }
 
     /// flush and fsync: everything written through any handle of the file is durable.

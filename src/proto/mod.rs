@@ -157,6 +157,12 @@ pub enum Request {
     },
     /// Run a garbage-collection sweep now, and answer with what it freed.
     CollectGarbage,
+    /// A record is about to name these chunks (a server-side copy shares them): make the
+    /// copies held here young again, as a writer's store of them would, without their
+    /// bytes. Answered with [`Response::Held`]: `Kept(0)` for a copy held and touched.
+    TouchChunks {
+        keys: Vec<Id>,
+    },
 }
 
 /// What a node says of one key asked by [`Request::HaveKeys`].
@@ -359,7 +365,9 @@ impl Request {
                 "chunk of {} bytes exceeds {CHUNK_MAX_BYTES}",
                 data.len()
             )),
-            Request::HaveKeys { keys } | Request::DropChunks { keys, .. }
+            Request::HaveKeys { keys }
+            | Request::DropChunks { keys, .. }
+            | Request::TouchChunks { keys }
                 if keys.len() > KEYS_MAX =>
             {
                 Err(format!("{} keys exceed {KEYS_MAX}", keys.len()))

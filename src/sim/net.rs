@@ -159,6 +159,7 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::ListChunkRefs { .. } => "ListChunkRefs",
         Request::DropChunks { .. } => "DropChunks",
         Request::CollectGarbage => "CollectGarbage",
+        Request::TouchChunks { .. } => "TouchChunks",
     }
 }
 

@@ -462,6 +462,34 @@ impl Store {
         Ok(true)
     }
 
+    /// Makes the held chunks among `keys` young again, as a writer's store of them
+    /// would (under the same stripe lock a delete takes, so a delete either finds the
+    /// fresh age or ran before); true for each key held and touched. A server-side copy
+    /// does this before its record names chunks it did not store (see `TouchChunks`).
+    pub async fn touch_chunks(self: &Arc<Self>, keys: Vec<Id>) -> Vec<bool> {
+        self.blocking(move |s| {
+            keys.iter()
+                .map(|key| {
+                    let _stripe = s.chunk_lock(key);
+                    if !s.meta(key).is_some_and(|m| m.kind == EntryKind::Chunk) {
+                        return false;
+                    }
+                    let path = s.path_of(EntryKind::Chunk, key);
+                    match s.set_mtime(&path, SystemTime::now()) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            if e.kind() == std::io::ErrorKind::NotFound {
+                                s.forget(key);
+                            }
+                            false
+                        }
+                    }
+                })
+                .collect()
+        })
+        .await
+    }
+
     fn set_mtime(&self, path: &Path, t: SystemTime) -> std::io::Result<()> {
         match &self.mem {
             None => fs::File::open(path)?.set_modified(t),
@@ -1049,6 +1077,24 @@ mod tests {
             store.lock_record(&a).now_or_never().is_some(),
             "a not released"
         );
+    }
+
+    /// A touch makes an old held chunk young (so a delete spares it), without its bytes,
+    /// and says which keys it did not hold.
+    #[tokio::test]
+    async fn a_touch_makes_held_chunks_young() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [Store::open(dir.path()).unwrap(), Store::memory()] {
+            let hour = Duration::from_secs(3600);
+            let data = Bytes::from_static(b"shared chunk");
+            let key = Id::hash(&data);
+            store.put_chunk_copy(key, data, 2 * hour).await.unwrap();
+            let absent = Id::hash(b"never stored");
+            assert_eq!(store.touch_chunks(vec![key, absent]).await, [true, false]);
+            assert!(store.chunk_age(&key).unwrap() < hour);
+            assert_eq!(store.delete_chunk_if_older(key, hour).await.unwrap(), None);
+            assert!(store.meta(&absent).is_none(), "a touch stores nothing");
+        }
     }
 
     /// The ages garbage collection relies on, on disk and in memory: a writer's store
