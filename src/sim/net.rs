@@ -159,6 +159,10 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::ListChunkRefs { .. } => "ListChunkRefs",
         Request::DropChunks { .. } => "DropChunks",
         Request::CollectGarbage => "CollectGarbage",
+        Request::SetLocks { .. } => "SetLocks",
+        Request::TestLock { .. } => "TestLock",
+        Request::WaitLock { .. } => "WaitLock",
+        Request::RenewLease { .. } => "RenewLease",
     }
 }
 
