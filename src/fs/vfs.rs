@@ -49,6 +49,8 @@ pub struct Fs {
     pub open: OpenFiles,
     pub files: Handles<Arc<OpenFile>>,
     pub dirs: Handles<Arc<Vec<DirRow>>>,
+    /// File locks across the ring's mounts (`locks.rs`).
+    pub locks: super::locks::FsLocks,
     /// Extended attributes of inodes read in the last `ttl` (`ls -l` asks for
     /// `security.*` names of every file it lists; this spares the ring those reads).
     xattr_cache: moka::sync::Cache<Id, Arc<Xattrs>>,
@@ -81,6 +83,7 @@ fn ts(t: TimeOrNow, now: Timespec) -> Timespec {
 impl Fs {
     pub fn new(client: Arc<Client>, cfg: FsConfig) -> Fs {
         Fs {
+            locks: super::locks::FsLocks::new(client.clone()),
             engine: Engine::new(client, cfg.ttl),
             cfg: cfg.clone(),
             inodes: InodeTable::new(),
@@ -595,6 +598,7 @@ impl Fs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let f = self.file(fh)?;
+        self.lock_check(fh)?;
         f.read(&self.engine, offset, size as usize)
             .await
             .map_err(|e| log_errno("read", &e))
@@ -602,6 +606,7 @@ impl Fs {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let f = self.file(fh)?;
+        self.lock_check(fh)?;
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
         if end > i64::MAX as u64 {
             return Err(Errno::EFBIG);
@@ -631,6 +636,7 @@ impl Fs {
     /// flush and fsync: everything written through any handle of the file is durable.
     pub async fn sync(&self, fh: u64) -> FsResult<()> {
         let f = self.file(fh)?;
+        self.lock_check(fh)?;
         f.commit(&self.engine)
             .await
             .map_err(|e| log_errno("flush", &e))
