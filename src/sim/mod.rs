@@ -1219,7 +1219,16 @@ mod tests {
             .await
             .expect("a's lock within the grace")
             .expect("a locks");
-            let b_try = || b.set(key, 1, whole, false, std::future::pending());
+            // While the ring notices the crash no node may take the key's requests: b's
+            // try fails then, and is made again.
+            let b_try = || async {
+                loop {
+                    match b.set(key, 1, whole, false, std::future::pending()).await {
+                        Err(LockError::Client(_)) => tokio::time::sleep(lease / 30).await,
+                        other => return other,
+                    }
+                }
+            };
             assert!(matches!(b_try().await, Err(LockError::WouldBlock)));
 
             let some = cl.nodes[0].node.clone().expect("live");
