@@ -80,6 +80,8 @@ struct FileBelief {
 }
 
 type LostFn = dyn Fn(Id, &[u64]) + Send + Sync;
+/// Held across one (file, owner)'s request, so they go one at a time.
+type Gate = Arc<tokio::sync::Mutex<()>>;
 
 pub struct LockSession {
     client: Arc<Client>,
@@ -89,7 +91,7 @@ pub struct LockSession {
     // Never held across an await.
     files: Mutex<HashMap<Id, FileBelief>>,
     // Never held across an await; the gates themselves are (tokio mutexes).
-    gates: Mutex<HashMap<(Id, u64), Arc<tokio::sync::Mutex<()>>>>,
+    gates: Mutex<HashMap<(Id, u64), Gate>>,
     /// Wakes the renewal early (a primary in its grace: reclaim now).
     wake: Notify,
     /// Permits for open `WaitLock`s (see [`WAITS_MAX`]).
@@ -198,7 +200,7 @@ impl LockSession {
         self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn gate(&self, key: Id, owner: u64) -> Arc<tokio::sync::Mutex<()>> {
+    fn gate(&self, key: Id, owner: u64) -> Gate {
         self.gates
             .lock()
             .expect("lock gates")

@@ -391,8 +391,9 @@ impl LockTable {
         for (key, f) in self.files.iter_mut() {
             let before = f.holders.values().filter(|h| !h.locks.is_empty()).count();
             f.holders.retain(|(s, _), h| {
-                !lapsed.contains(s)
-                    && !(h.locks.is_empty() && now.saturating_duration_since(h.changed) > lease * 2)
+                let idle =
+                    h.locks.is_empty() && now.saturating_duration_since(h.changed) > lease * 2;
+                !(lapsed.contains(s) || idle)
             });
             let after = f.holders.values().filter(|h| !h.locks.is_empty()).count();
             if after != before {
@@ -571,7 +572,7 @@ mod tests {
 
     #[test]
     fn digests_tell_states_apart_and_ignore_empty_owners() {
-        let a = vec![r(0, 10, X)];
+        let a = [r(0, 10, X)];
         assert_eq!(digest([(1, &a[..]), (2, &[][..])]), digest([(1, &a[..])]));
         assert_ne!(digest([(1, &a[..])]), digest([(2, &a[..])]));
         assert_eq!(digest([(2, &[][..])]), 0);
