@@ -128,6 +128,7 @@ pub async fn start(mut opts: StartOptions) -> Result<Running, DaemonError> {
     tasks.push(tokio::spawn(node.clone().run_maintenance()));
     tasks.push(tokio::spawn(node.clone().run_repair()));
     tasks.push(tokio::spawn(node.clone().run_gc()));
+    tasks.push(tokio::spawn(node.clone().run_locks()));
 
     let endpoints = Endpoints {
         id: id.to_hex(),

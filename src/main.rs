@@ -168,6 +168,11 @@ struct NodeArgs {
     /// longest `put` and the mount's write-back limit (5 min); see docs/design.md.
     #[arg(long, default_value_t = 3600)]
     gc_grace_secs: u64,
+    /// How long a mount's file locks outlive its last lease renewal, in ms (a mount that
+    /// dies frees its locks this long after); also the grace period of a node that took
+    /// over a range, while holders reclaim their locks. See docs/locks.md.
+    #[arg(long, default_value_t = chordfs::proto::lock::LEASE_DEFAULT_MS)]
+    lock_lease_ms: u64,
 }
 
 fn main() -> Result<()> {
@@ -540,6 +545,7 @@ async fn node(a: NodeArgs) -> Result<()> {
     cfg.secret = read_secret(a.secret_file.as_deref())?;
     cfg.gc_every = Duration::from_secs(a.gc_interval_secs);
     cfg.gc_grace = Duration::from_secs(a.gc_grace_secs);
+    cfg.lock_lease = Duration::from_millis(a.lock_lease_ms.max(100));
     if a.gc_grace_secs < chordfs::fs::WRITEBACK_MAX_SECS * 2 {
         eprintln!(
             "WARNING: --gc-grace-secs {} is shorter than twice the mount's write-back limit \

@@ -5,7 +5,10 @@
 mod common;
 
 use chordfs::id::Id;
-use chordfs::proto::{codec, Envelope, ErrorKind, Request, Response, KEYS_MAX};
+use chordfs::proto::lock::{LOCKS_MAX, RENEW_FILES_MAX};
+use chordfs::proto::{
+    codec, Envelope, ErrorKind, LockKind, LockRange, Request, Response, KEYS_MAX,
+};
 use common::{assert_same, get_bytes, put_bytes, random_bytes, wait_until, Cluster, Opts, SETTLE};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -240,6 +243,51 @@ async fn broken_frames_get_an_error_or_a_closed_connection_and_nothing_else() {
         send(&mut s, &frame(&codec::encode(id, &req).unwrap())).await;
         assert_error(&read_response(&mut s).await, id, ErrorKind::BadRequest);
     }
+    // Lock requests out of bounds or naming no bytes: refused before any table is
+    // touched, whichever node is the key's primary.
+    let range = |start, end| LockRange {
+        start,
+        end,
+        kind: LockKind::Exclusive,
+        pid: 1,
+    };
+    let set = |held: Vec<LockRange>, locks: Vec<LockRange>| Request::SetLocks {
+        key: bogus,
+        session: 1,
+        owner: 1,
+        seq: 1,
+        held,
+        locks,
+    };
+    let many: Vec<LockRange> = (0..=LOCKS_MAX as u64)
+        .map(|i| range(2 * i, 2 * i + 1))
+        .collect();
+    let bad_locks = [
+        (86, set(vec![], many.clone())),
+        (87, set(many, vec![])),
+        (88, set(vec![], vec![range(10, 10)])),
+        (89, set(vec![range(20, 10)], vec![])),
+        (
+            92,
+            Request::TestLock {
+                key: bogus,
+                session: 1,
+                owner: 1,
+                range: range(5, 0),
+            },
+        ),
+        (
+            93,
+            Request::RenewLease {
+                session: 1,
+                files: vec![(bogus, 0); RENEW_FILES_MAX + 1],
+            },
+        ),
+    ];
+    for (id, req) in bad_locks {
+        send(&mut s, &frame(&codec::encode(id, &req).unwrap())).await;
+        assert_error(&read_response(&mut s).await, id, ErrorKind::BadRequest);
+    }
     drop(s);
     assert!(
         !c.all_keys().await.contains(&bogus),
@@ -249,7 +297,7 @@ async fn broken_frames_get_an_error_or_a_closed_connection_and_nothing_else() {
         &c,
         &addr,
         &files,
-        "an unknown message and a mismatched chunk",
+        "an unknown message, a mismatched chunk and bad lock requests",
     )
     .await;
 

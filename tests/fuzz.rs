@@ -15,6 +15,7 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use chordfs::id::Id;
+use chordfs::proto::lock::{LockAnswer, LockHolder, LockKind, LockRange};
 use chordfs::proto::{
     codec, DirEntry, Edit, EditRefusal, Envelope, ErrorKind, GcReport, Held, Inode, KeyInfo, Kind,
     NodeState, NodeStats, Peer, Record, Request, Response, Timespec, Value, FRAME_MAX_BYTES,
@@ -314,6 +315,34 @@ fn request() -> impl Strategy<Value = Request> {
         (ids(64), any::<u64>()).prop_map(|(keys, grace_ms)| Request::DropChunks { keys, grace_ms }),
         Just(Request::CollectGarbage),
         ids(64).prop_map(|keys| Request::TouchChunks { keys }),
+        (id(), any::<[u64; 3]>(), lock_ranges(), lock_ranges()).prop_map(
+            |(key, [session, owner, seq], held, locks)| Request::SetLocks {
+                key,
+                session,
+                owner,
+                seq,
+                held,
+                locks,
+            }
+        ),
+        (id(), any::<[u64; 2]>(), lock_range()).prop_map(|(key, [session, owner], range)| {
+            Request::TestLock {
+                key,
+                session,
+                owner,
+                range,
+            }
+        }),
+        (id(), any::<[u64; 2]>()).prop_map(|(key, [generation, wait_ms])| Request::WaitLock {
+            key,
+            generation,
+            wait_ms,
+        }),
+        (
+            any::<u64>(),
+            prop::collection::vec((id(), any::<u64>()), 0..8)
+        )
+            .prop_map(|(session, files)| Request::RenewLease { session, files }),
         (proptest::option::of(id()), any::<u32>())
             .prop_map(|(after, limit)| Request::ListKeys { after, limit }),
     ]
@@ -344,9 +373,13 @@ fn request_variant(r: &Request) -> usize {
         Request::EditRecord { .. } => 19,
         Request::LookupName { .. } => 20,
         Request::TouchChunks { .. } => 21,
+        Request::SetLocks { .. } => 22,
+        Request::TestLock { .. } => 23,
+        Request::WaitLock { .. } => 24,
+        Request::RenewLease { .. } => 25,
     }
 }
-const REQUEST_VARIANTS: usize = 22;
+const REQUEST_VARIANTS: usize = 26;
 
 fn node_stats() -> impl Strategy<Value = NodeStats> {
     any::<[u64; 5]>().prop_map(
@@ -436,6 +469,56 @@ fn response() -> impl Strategy<Value = Response> {
         })),
         (error_kind(), any::<String>())
             .prop_map(|(kind, message)| Response::Error { kind, message }),
+        lock_answer().prop_map(Response::Lock),
+    ]
+}
+
+fn lock_range() -> impl Strategy<Value = LockRange> {
+    (any::<u64>(), any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(start, end, x, pid)| {
+        LockRange {
+            start,
+            end,
+            kind: if x {
+                LockKind::Exclusive
+            } else {
+                LockKind::Shared
+            },
+            pid,
+        }
+    })
+}
+
+fn lock_ranges() -> impl Strategy<Value = Vec<LockRange>> {
+    prop::collection::vec(lock_range(), 0..8)
+}
+
+fn lock_answer() -> impl Strategy<Value = LockAnswer> {
+    prop_oneof![
+        any::<u64>().prop_map(|lease_ms| LockAnswer::Granted { lease_ms }),
+        (any::<[u64; 3]>(), lock_range()).prop_map(|([session, owner, generation], range)| {
+            LockAnswer::Conflict {
+                holder: LockHolder {
+                    session,
+                    owner,
+                    range,
+                },
+                generation,
+            }
+        }),
+        Just(LockAnswer::Free),
+        any::<u64>().prop_map(|retry_ms| LockAnswer::Grace { retry_ms }),
+        Just(LockAnswer::Lost),
+        any::<u64>().prop_map(|generation| LockAnswer::Changed { generation }),
+        (
+            any::<u64>(),
+            prop::collection::vec((id(), prop::collection::vec(any::<u64>(), 0..4)), 0..4),
+            ids(8)
+        )
+            .prop_map(|(lease_ms, differ, elsewhere)| LockAnswer::Renewed {
+                lease_ms,
+                differ,
+                elsewhere,
+            }),
     ]
 }
 
@@ -461,9 +544,10 @@ fn response_variant(r: &Response) -> usize {
         Response::Edited { .. } => 17,
         Response::EditRefused(_) => 18,
         Response::Entry { .. } => 19,
+        Response::Lock(_) => 20,
     }
 }
-const RESPONSE_VARIANTS: usize = 20;
+const RESPONSE_VARIANTS: usize = 21;
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![

@@ -44,6 +44,9 @@ pub struct NodeConfig {
     /// Unreferenced chunks younger than this are kept: it must exceed the longest time
     /// a writer holds stored chunks before its record names them (docs/design.md).
     pub gc_grace: Duration,
+    /// How long a mount's locks outlive its last lease renewal here; also the grace
+    /// period of a node new to a range (docs/locks.md).
+    pub lock_lease: Duration,
 }
 
 impl NodeConfig {
@@ -62,6 +65,7 @@ impl NodeConfig {
             secret: None,
             gc_every: Duration::from_secs(600),
             gc_grace: Duration::from_secs(3600),
+            lock_lease: Duration::from_millis(crate::proto::lock::LEASE_DEFAULT_MS),
         }
     }
 }

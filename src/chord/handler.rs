@@ -155,6 +155,32 @@ impl Node {
                         .collect(),
                 )
             }
+            Request::SetLocks {
+                key,
+                session,
+                owner,
+                seq,
+                held,
+                locks,
+            } => {
+                self.locks
+                    .set(&self.records, key, session, owner, seq, held, locks)
+                    .await
+            }
+            Request::TestLock {
+                key,
+                session,
+                owner,
+                range,
+            } => self.locks.test(key, session, owner, range),
+            Request::WaitLock {
+                key,
+                generation,
+                wait_ms,
+            } => self.locks.wait(key, generation, wait_ms).await,
+            Request::RenewLease { session, files } => {
+                self.locks.renew(&self.records, session, files).await
+            }
         }
     }
 }
@@ -163,7 +189,8 @@ impl Node {
 /// as if it were gone), but claims nothing: it does not answer as alive (Ping, GetState),
 /// is not adopted (Notify), is never counted as a holder (HaveKeys) and takes no new
 /// copies or writes. Otherwise a peer could re-adopt it, or drop its own copy of a key
-/// because the leaver "has" it, moments before the leaver drops it too.
+/// because the leaver "has" it, moments before the leaver drops it too. Its lock table
+/// goes with it, so lock requests go to the successor (which reclaims them in its grace).
 fn refused_while_leaving(req: &Request) -> bool {
     matches!(
         req,
@@ -180,6 +207,10 @@ fn refused_while_leaving(req: &Request) -> bool {
             | Request::DropChunks { .. }
             | Request::CollectGarbage
             | Request::TouchChunks { .. }
+            | Request::SetLocks { .. }
+            | Request::TestLock { .. }
+            | Request::WaitLock { .. }
+            | Request::RenewLease { .. }
     )
 }
 

@@ -261,7 +261,7 @@ impl Maintenance {
                     core.note_lost(&p);
                     let mut r = core.routing.write().expect("routing lock");
                     if r.predecessor.as_ref().is_some_and(|q| q.id == p.id) {
-                        r.predecessor = None;
+                        r.set_predecessor(None);
                     }
                     for f in r.fingers.iter_mut() {
                         if f.as_ref().is_some_and(|q| q.id == p.id) {
@@ -320,7 +320,7 @@ impl Maintenance {
             }
         } else if r.predecessor.as_ref().is_some_and(|p| p.id == peer.id) {
             r.remove(&peer.id);
-            r.predecessor = predecessor.filter(|p| p.id != core.me.id && p.id != peer.id);
+            r.set_predecessor(predecessor.filter(|p| p.id != core.me.id && p.id != peer.id));
         } else {
             r.remove(&peer.id);
         }

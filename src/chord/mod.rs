@@ -13,6 +13,7 @@
 //!  repair       anti-entropy: every key on its R rightful holders
 //!  scrub        re-reading stored copies to find the ones gone bad (part of repair)
 //!  gc           mark and sweep of unreferenced chunks
+//!  locks        byte-range locks of the files this node is the primary of, and leases
 //! ```
 //! The decisions (routing, placement, the lookup walk, the peer book, the primary's
 //! range, which record copy wins) are pure functions in [`crate::ring`].
@@ -21,6 +22,7 @@ pub mod chunks;
 pub mod core;
 pub mod gc;
 pub mod handler;
+pub mod locks;
 pub mod maintenance;
 pub mod node;
 pub mod primacy;

@@ -3,6 +3,7 @@
 
 use super::core::{Core, NodeConfig};
 use super::gc::Gc;
+use super::locks::Locks;
 use super::maintenance::Maintenance;
 use super::records::Records;
 use super::repair::Repair;
@@ -25,6 +26,8 @@ pub struct Node {
     pub repair: Repair,
     /// Garbage collection.
     pub gc: Gc,
+    /// Byte-range locks of the files this node is the primary of.
+    pub locks: Locks,
 }
 
 impl Node {
@@ -35,6 +38,7 @@ impl Node {
             records: Records::new(core.clone()),
             repair: Repair::new(core.clone()),
             gc: Gc::new(core.clone()),
+            locks: Locks::new(core.clone()),
             core,
         })
     }
@@ -119,6 +123,12 @@ impl Node {
             core.store
                 .checkpoint_journal_if_older(crate::store::journal::CHECKPOINT_EVERY);
         }
+    }
+
+    /// The lock leases' clock (see [`Locks::run`]).
+    pub async fn run_locks(self: Arc<Self>) {
+        let span = self.core.span.clone();
+        self.locks.run().instrument(span).await
     }
 
     /// Garbage-collection sweeps on their timer (see [`Gc::run`]).

@@ -8,12 +8,15 @@
 //!  kv.rs     chunks (content-addressed, cached) and records (versioned, CAS)
 //!                               |
 //!  view.rs   sorted membership: the key's primary in one hop, Chord lookup when stale
+//!
+//!  locks.rs  a mount's file locks at each file's primary, and their lease
 //! ```
 
 pub mod exchange;
 pub mod files;
 pub mod keep;
 pub mod kv;
+pub mod locks;
 pub mod ranges;
 mod retry;
 pub mod status;

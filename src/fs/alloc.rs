@@ -3,12 +3,11 @@
 //! promises is in docs/mount.md ("Copies, holes and ranges").
 
 use super::errno::log_errno;
-use super::handles::{OpenFile, FILE_MAX_BYTES};
+use super::handles::FILE_MAX_BYTES;
 use super::vfs::{too_big, Fs, FsResult};
 use crate::client::ranges::{plan_copy, CopyPiece};
 use crate::id::Id;
 use fuser::Errno;
-use std::sync::Arc;
 
 /// Bytes moved per read and write when a copy moves bytes (its unaligned edges, or
 /// everything between files of different chunk sizes).
@@ -18,10 +17,6 @@ const COPY_STEP_BYTES: u64 = 1024 * 1024;
 const COPY_MAX_BYTES: u64 = (u32::MAX as u64) & !0xfff;
 
 impl Fs {
-    fn open_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.files.get(fh).ok_or(Errno::EBADF)
-    }
-
     /// copy_file_range within the mount. The destination's chunks that the copy covers
     /// whole, at the same place within a chunk as in the source, name the source's
     /// chunks (no byte moves, so a copy costs about its metadata); only the edges
@@ -39,7 +34,9 @@ impl Fs {
         off_out: u64,
         len: u64,
     ) -> FsResult<u32> {
-        let (fin, fout) = (self.open_file(fh_in)?, self.open_file(fh_out)?);
+        // A lapsed lock lease fails writes through the handle (docs/locks.md).
+        self.lock_check(fh_out)?;
+        let (fin, fout) = (self.file(fh_in)?, self.file(fh_out)?);
         let e = &self.engine;
         // The source as its record: this mount's writes to it uploaded and named.
         fin.commit(e)
@@ -130,7 +127,8 @@ impl Fs {
     /// the chunk map, aligned to the chunk size (`st_blksize`), else EINVAL. The change
     /// is committed before the call returns.
     pub async fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
-        let f = self.open_file(fh)?;
+        self.lock_check(fh)?;
+        let f = self.file(fh)?;
         let e = &self.engine;
         let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
         let (size, cb) = f.layout().await;
@@ -165,7 +163,7 @@ impl Fs {
     /// lseek(2) with SEEK_DATA or SEEK_HOLE (the kernel answers the other whences
     /// itself): holes are the chunks the map leaves out, and the end of the file.
     pub async fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
-        let f = self.open_file(fh)?;
+        let f = self.file(fh)?;
         let data = match whence {
             libc::SEEK_DATA => true,
             libc::SEEK_HOLE => false,

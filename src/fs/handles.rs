@@ -353,6 +353,25 @@ impl OpenFile {
         }
     }
 
+    /// Drops every change not yet committed (writes, truncates, uploads in flight):
+    /// the file is back to its last record. For a lock holder that lost its lock: what
+    /// it wrote under the lock must not reach the ring once another may hold it.
+    pub async fn discard(&self) {
+        let mut s = self.state.lock().await;
+        for (_, slot) in std::mem::take(&mut s.slots) {
+            if let Slot::Uploading(_, handle) = slot {
+                handle.abort();
+            }
+        }
+        s.size = s.base.size;
+        s.truncated_to = None;
+        s.mtime = None;
+        s.dirty = false;
+        s.first_upload = None;
+        s.failed.store(false, Ordering::Release);
+        self.set_overlay(&s);
+    }
+
     /// An extended attribute as of the last record read or written (the kernel asks
     /// for `security.capability` before every write; this spares the ring a read).
     pub async fn xattr(&self, name: &str) -> Option<Vec<u8>> {

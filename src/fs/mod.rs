@@ -77,11 +77,17 @@
 //! - Hard links, symlinks, FIFOs, sockets, device nodes, extended attributes
 //!   (`user.*`, `trusted.*`, `security.*`; not `system.*`) are stored in the ring.
 //!   `RENAME_EXCHANGE` is refused (`EINVAL`); `RENAME_NOREPLACE` is honoured.
+//! - fcntl (POSIX and OFD) and flock locks hold across every mount of the ring, at the
+//!   file's primary; a mount that dies loses them one lease (30 s) after its last
+//!   renewal, and a holder whose lease lapsed gets `EIO` from its next operation on the
+//!   file. Unlocking commits the file's writes, locking re-reads it (see `locks.rs`,
+//!   docs/locks.md).
 
 mod alloc;
 mod errno;
 mod handles;
 mod inodes;
+mod locks;
 mod mount;
 mod ops;
 mod options;

@@ -236,6 +236,7 @@ fn serve(
     let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(ring, opts))?;
     fs.set_notifier(session.notifier());
     let mut unmounter = session.unmount_callable();
+    fs.start_locks(session.notifier(), rt.handle());
     tracing::info!("mounted {} at {}", ring, mountpoint.display());
     // Uploaded chunks never wait for their record longer than the write-back limit, so
     // the ring's garbage collection (which spares them for its grace period) keeps them.
@@ -263,6 +264,7 @@ fn serve(
         }
         tracing::info!("signal: flushing, then unmounting");
         let failed = on_signal.flush_all().await;
+        on_signal.release_all_locks().await;
         if let Err(e) = unmounter.unmount() {
             tracing::error!("unmount: {e}");
         }
@@ -279,7 +281,9 @@ fn serve(
     let failed = rt.block_on(async {
         tracker.close();
         let _ = tokio::time::timeout(DRAIN_WAIT, tracker.wait()).await;
-        fs.flush_all().await
+        let failed = fs.flush_all().await;
+        fs.release_all_locks().await;
+        failed
     });
     tracing::info!("unmounted {}", mountpoint.display());
     served?;

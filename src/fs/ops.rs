@@ -6,8 +6,8 @@ use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FopenFlags,
     Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -95,6 +95,9 @@ impl fuser::Filesystem for ChordFuse {
             // File handles (name_to_handle_at) stay valid after the kernel drops the
             // inode: it looks the number up again with "." and "..".
             InitFlags::FUSE_EXPORT_SUPPORT,
+            // Locks go to the ring (getlk/setlk below), not to this kernel alone.
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             let _ = config.add_capabilities(cap);
         }
@@ -344,10 +347,16 @@ impl fuser::Filesystem for ChordFuse {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move { empty(reply, fs.sync(fh.0).await) });
+        self.spawn(|fs| async move {
+            let res = fs.sync(fh.0).await;
+            // A close drops the closing process's POSIX locks on the file, whatever the
+            // commit did (after it, so the next holder reads what was written).
+            fs.unlock_owner(fh.0, lock_owner.0).await;
+            empty(reply, res)
+        });
     }
 
     fn release(
@@ -356,11 +365,61 @@ impl fuser::Filesystem for ChordFuse {
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move { empty(reply, fs.release(fh.0).await) });
+        self.spawn(|fs| async move {
+            let res = fs.release(fh.0).await;
+            fs.release_locks(fh.0, lock_owner.map(|o| o.0)).await;
+            empty(reply, res)
+        });
+    }
+
+    fn getlk(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let tid = req.pid();
+        self.spawn(|fs| async move {
+            match fs
+                .getlk(fh.0, tid, lock_owner.0, start, end, typ, pid)
+                .await
+            {
+                Ok((start, end, typ, pid)) => reply.locked(start, end, typ, pid),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let tid = req.pid();
+        self.spawn(|fs| async move {
+            let res = fs
+                .setlk(ino, fh.0, tid, lock_owner.0, start, end, typ, pid, sleep)
+                .await;
+            empty(reply, res)
+        });
     }
 
     fn fsync(

@@ -54,12 +54,11 @@ impl Placements {
     /// A rename made through this mount: the kernel moved its dentry itself.
     pub fn moved(&self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
         let mut b = self.book();
-        let moved: Vec<u64> = b
-            .at
-            .iter()
-            .filter(|(_, (p, n))| *p == parent && n == name)
-            .map(|(ino, _)| *ino)
-            .collect();
+        let moved: Vec<u64> =
+            b.at.iter()
+                .filter(|(_, (p, n))| *p == parent && n == name)
+                .map(|(ino, _)| *ino)
+                .collect();
         for ino in moved {
             b.at.insert(ino, (new_parent, new_name.to_string()));
         }

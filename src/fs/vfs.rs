@@ -4,10 +4,10 @@
 use super::errno::log_errno;
 use super::handles::{Engine, Handles, OpenFile, OpenFiles, Pending};
 use super::inodes::{attr, kind_of_mode, InodeTable, BLOCK_BYTES};
+use super::placed::Placements;
 use crate::client::tree::InodeRef;
 use crate::client::{Client, ClientError};
 use crate::id::Id;
-use super::placed::Placements;
 use crate::proto::{Inode, Kind, Request, Response, Timespec};
 use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
 use std::sync::Arc;
@@ -65,6 +65,8 @@ pub struct Fs {
     /// POSIX wants (xfstests generic/035).
     // Never held across an await.
     open_dirs: std::sync::Mutex<std::collections::HashMap<Id, (usize, FileAttr)>>,
+    /// File locks across the ring's mounts (`locks.rs`).
+    pub locks: super::locks::FsLocks,
     /// Extended attributes of inodes read in the last `ttl` (`ls -l` asks for
     /// `security.*` names of every file it lists; this spares the ring those reads).
     xattr_cache: moka::sync::Cache<Id, Arc<Xattrs>>,
@@ -123,6 +125,7 @@ fn ts(t: TimeOrNow, now: Timespec) -> Timespec {
 impl Fs {
     pub fn new(client: Arc<Client>, cfg: FsConfig) -> Fs {
         Fs {
+            locks: super::locks::FsLocks::new(client.clone()),
             engine: Engine::new(client, cfg.ttl),
             cfg: cfg.clone(),
             inodes: InodeTable::new(),
@@ -813,12 +816,13 @@ impl Fs {
         self.files.insert(f)
     }
 
-    fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+    pub(super) fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         self.files.get(fh).ok_or(Errno::EBADF)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let f = self.file(fh)?;
+        self.lock_check(fh)?;
         f.read(&self.engine, offset, size as usize)
             .await
             .map_err(|e| log_errno("read", &e))
@@ -836,6 +840,7 @@ impl Fs {
         append: bool,
     ) -> FsResult<(u32, bool)> {
         let f = self.file(fh)?;
+        self.lock_check(fh)?;
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
         if end > i64::MAX as u64 || too_big(end, f.state.lock().await.cb()) {
             return Err(Errno::EFBIG);
@@ -850,6 +855,7 @@ impl Fs {
     /// flush and fsync: everything written through any handle of the file is durable.
     pub async fn sync(&self, fh: u64) -> FsResult<()> {
         let f = self.file(fh)?;
+        self.lock_check(fh)?;
         f.commit(&self.engine)
             .await
             .map_err(|e| log_errno("flush", &e))

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! GET /          a page for people: the ring drawn as a circle, each node's share
-//! GET /status    this node: id, neighbours, fingers, counts, repair and gc (JSON)
+//! GET /status    this node: id, neighbours, fingers, counts, repair, gc and locks (JSON)
 //! GET /files     files whose chunks this node holds, walked from the root (JSON)
 //! GET /chunks    every key held here with its size and role (JSON)
 //! GET /ring      every node of the ring, walking successors (JSON)
@@ -239,7 +239,18 @@ struct StatusJson {
     repair: RepairJson,
     /// Garbage collection: last run (unix seconds), chunks and bytes freed since start.
     gc: crate::chord::gc::GcStatus,
+    /// File locks held here as the files' primary (docs/locks.md).
+    locks: LocksJson,
     counters: CountersJson,
+}
+
+#[derive(Serialize)]
+struct LocksJson {
+    /// Files with locks held here.
+    files: usize,
+    /// Mount sessions with a lease here.
+    sessions: usize,
+    lease_ms: u64,
 }
 
 fn status_of(side: &Sidecar) -> StatusJson {
@@ -289,6 +300,14 @@ fn status_of(side: &Sidecar) -> StatusJson {
             status: repair,
         },
         gc: node.gc.status(),
+        locks: {
+            let (files, sessions) = node.locks.counts();
+            LocksJson {
+                files,
+                sessions,
+                lease_ms: node.cfg().lock_lease.as_millis() as u64,
+            }
+        },
         counters: CountersJson {
             requests: load(&c.requests),
             chunk_puts: load(&c.chunk_puts),

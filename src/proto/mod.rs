@@ -5,12 +5,14 @@
 //! connection carries many requests at once.
 
 pub mod codec;
+pub mod lock;
 pub mod record;
 
 use crate::id::Id;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use lock::{LockAnswer, LockHolder, LockKind, LockRange};
 pub use record::{DirEntry, Edit, EditRefusal, Inode, Kind, Record, Timespec};
 
 /// Frames above this size are refused before any byte of them is buffered.
@@ -163,6 +165,41 @@ pub enum Request {
     TouchChunks {
         keys: Vec<Id>,
     },
+    /// Set one owner's locks on a file, at the file's primary (the successor of its
+    /// inode id), to exactly `locks` (docs/locks.md). `held` is what the owner believes
+    /// it holds there now: a primary that holds less than that and is past its grace
+    /// period answers `Lost`. `seq` grows with every lock request of the session, so a
+    /// late duplicate of an older request changes nothing.
+    SetLocks {
+        key: Id,
+        session: u64,
+        owner: u64,
+        seq: u64,
+        #[serde(default)]
+        held: Vec<LockRange>,
+        locks: Vec<LockRange>,
+    },
+    /// F_GETLK: the first lock of another owner that conflicts with `range`.
+    TestLock {
+        key: Id,
+        session: u64,
+        owner: u64,
+        range: LockRange,
+    },
+    /// Answers once the file's lock state is no longer `generation`, or after `wait_ms`
+    /// (at most `lock::WAIT_LOCK_MAX_MS`): how a blocked F_SETLKW waits without polling.
+    WaitLock {
+        key: Id,
+        generation: u64,
+        wait_ms: u64,
+    },
+    /// Renews the session's lease at this node. `files`: the files whose primary the
+    /// session takes this node for, each with the digest of the locks it holds there.
+    RenewLease {
+        session: u64,
+        #[serde(default)]
+        files: Vec<(Id, u64)>,
+    },
 }
 
 /// What a node says of one key asked by [`Request::HaveKeys`].
@@ -242,6 +279,8 @@ pub enum Response {
     },
     /// What a garbage-collection sweep did.
     Collected(GcReport),
+    /// The answer to a lock request (`SetLocks`, `TestLock`, `WaitLock`, `RenewLease`).
+    Lock(LockAnswer),
     Error {
         kind: ErrorKind,
         message: String,
@@ -386,6 +425,22 @@ impl Request {
             } if successors.len() > 1024 || known.len() > 1024 => {
                 Err("successor list too long".into())
             }
+            Request::SetLocks { held, locks, .. }
+                if held.len() > lock::LOCKS_MAX || locks.len() > lock::LOCKS_MAX =>
+            {
+                Err(format!("more than {} lock ranges", lock::LOCKS_MAX))
+            }
+            Request::SetLocks { held, locks, .. }
+                if held.iter().chain(locks.iter()).any(LockRange::is_empty) =>
+            {
+                Err("an empty lock range".into())
+            }
+            Request::TestLock { range, .. } if range.is_empty() => {
+                Err("an empty lock range".into())
+            }
+            Request::RenewLease { files, .. } if files.len() > lock::RENEW_FILES_MAX => Err(
+                format!("more than {} files in one renewal", lock::RENEW_FILES_MAX),
+            ),
             _ => Ok(()),
         }
     }

@@ -13,8 +13,11 @@
 //! - [`primacy`]: when a node may act as a key's primary, and how many copies a write
 //!   needs.
 //! - [`records`]: which of several copies of a record is the one to keep.
+//! - [`locks`]: byte-range locks at a file's primary: ranges, conflicts, leases, and
+//!   the grace period of a primary new to its range.
 
 pub mod book;
+pub mod locks;
 pub mod lookup;
 pub mod placement;
 pub mod primacy;

@@ -23,6 +23,10 @@ pub struct Routing {
     /// `fingers[i]` is the first node succeeding `me + 2^i`, when known.
     pub fingers: Vec<Option<Peer>>,
     pub list_len: usize,
+    /// Counts changes of the predecessor made through [`Routing::set_predecessor`], so
+    /// the lock service can tell whether it saw every change of its range
+    /// (`ring::locks::RangeLog`).
+    pub predecessor_changes: u64,
 }
 
 impl Routing {
@@ -33,7 +37,16 @@ impl Routing {
             predecessor: None,
             fingers: vec![None; ID_BITS],
             list_len: list_len.max(1),
+            predecessor_changes: 0,
         }
+    }
+
+    /// Sets the predecessor, counting the change (see `predecessor_changes`).
+    pub fn set_predecessor(&mut self, p: Option<Peer>) {
+        if self.predecessor.as_ref().map(|q| q.id) != p.as_ref().map(|q| q.id) {
+            self.predecessor_changes += 1;
+        }
+        self.predecessor = p;
     }
 
     pub fn successor(&self) -> &Peer {
@@ -143,7 +156,7 @@ impl Routing {
             Some(p) => candidate.id.in_open(&p.id, &self.me.id),
         };
         if closer {
-            self.predecessor = Some(candidate.clone());
+            self.set_predecessor(Some(candidate.clone()));
         }
         // A lone node learns of its first partner this way.
         if self.successors.len() == 1 && self.successors[0].id == self.me.id {
@@ -155,7 +168,7 @@ impl Routing {
     /// Forgets a peer found dead or gone, everywhere it appears.
     pub fn remove(&mut self, id: &Id) {
         if self.predecessor.as_ref().is_some_and(|p| &p.id == id) {
-            self.predecessor = None;
+            self.set_predecessor(None);
         }
         for f in self.fingers.iter_mut() {
             if f.as_ref().is_some_and(|p| &p.id == id) {

@@ -1165,4 +1165,117 @@ mod tests {
             );
         });
     }
+
+    /// A session taking locks through the simulated network, its renewal running.
+    async fn lock_session(
+        net: &Arc<SimNet>,
+        ring: &str,
+        name: &str,
+        id: u64,
+    ) -> (
+        Arc<crate::client::locks::LockSession>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let client = Client::with_transport(workload::client_config(ring), net.endpoint(name))
+            .await
+            .expect("client");
+        let session = crate::client::locks::LockSession::with_id(client, id);
+        let renewal = tokio::spawn(session.clone().run());
+        (session, renewal)
+    }
+
+    /// A lock outlives its primary's crash: its holder reclaims it from the new primary
+    /// in that node's grace period, and nobody else gets it meanwhile. A holder that
+    /// falls silent loses it, and another session gets it only once the silent one has
+    /// stopped trusting it; back, the silent one is told. The argument of docs/locks.md.
+    #[test]
+    fn a_lock_outlives_its_primarys_crash_and_lapses_with_a_silent_holder() {
+        use crate::client::locks::LockError;
+        use crate::proto::lock::{LockKind, LOCK_EOF};
+        use crate::ring::locks::LockOp;
+        in_simulated_time(async {
+            let (mut cl, net) = settled_ring(13, 5).await;
+            // The nodes' lease clocks (the simulation's runs start none: they take no
+            // locks).
+            for n in &cl.nodes {
+                tokio::spawn(n.node.clone().expect("live").run_locks());
+            }
+            let ring = cl.nodes[0].addr.clone();
+            let (a, a_renewal) = lock_session(&net, &ring, "client-a", 1).await;
+            let (b, _b_renewal) = lock_session(&net, &ring, "client-b", 2).await;
+            let key = Id::hash(b"a locked file");
+            let whole = LockOp {
+                start: 0,
+                end: LOCK_EOF,
+                kind: Some(LockKind::Exclusive),
+                pid: 1,
+            };
+            let lease = cl.nodes[0].node.as_ref().expect("live").cfg().lock_lease;
+            // A fresh ring's nodes are in their grace: the first lock waits it out.
+            tokio::time::timeout(
+                lease * 3,
+                a.set(key, 1, whole, true, std::future::pending()),
+            )
+            .await
+            .expect("a's lock within the grace")
+            .expect("a locks");
+            // While the ring notices the crash no node may take the key's requests: b's
+            // try fails then, and is made again.
+            let b_try = || async {
+                loop {
+                    match b.set(key, 1, whole, false, std::future::pending()).await {
+                        Err(LockError::Client(_)) => tokio::time::sleep(lease / 30).await,
+                        other => return other,
+                    }
+                }
+            };
+            assert!(matches!(b_try().await, Err(LockError::WouldBlock)));
+
+            let some = cl.nodes[0].node.clone().expect("live");
+            let (_, holders, _) = some.core.lookup(&key, false).await.expect("lookup");
+            let primary = cl
+                .nodes
+                .iter()
+                .position(|n| n.addr == holders[0].addr)
+                .expect("primary");
+            cl.crash(primary);
+            // The new primary waits out its grace, in which a reclaims; then b is refused.
+            let got = tokio::time::timeout(lease * 3, b_try())
+                .await
+                .expect("b answered");
+            assert!(matches!(got, Err(LockError::WouldBlock)), "{got:?}");
+            assert!(!a.trusted(&key, 1).is_empty(), "a kept its lock");
+
+            // a falls silent: no renewal, no network.
+            a_renewal.abort();
+            let mut side: Vec<String> = cl
+                .nodes
+                .iter()
+                .map(|n| n.addr.clone())
+                .chain(["client-b".to_string()])
+                .collect();
+            side.sort();
+            net.partition(&[vec!["client-a".into()], side]);
+            tokio::time::timeout(
+                lease * 3,
+                b.set(key, 1, whole, true, std::future::pending()),
+            )
+            .await
+            .expect("b's lock once a's lease lapsed")
+            .expect("b locks");
+            assert!(
+                a.trusted(&key, 1).is_empty(),
+                "a still trusts the lock b got"
+            );
+            net.heal();
+            let unlock = LockOp {
+                kind: None,
+                ..whole
+            };
+            let told = a.set(key, 1, unlock, false, std::future::pending()).await;
+            assert!(matches!(told, Err(LockError::Lost)), "{told:?}");
+            assert!(!b.trusted(&key, 1).is_empty(), "b holds it");
+            cl.stop_all();
+        });
+    }
 }

@@ -160,6 +160,10 @@ pub fn kind_of(req: &Request) -> &'static str {
         Request::DropChunks { .. } => "DropChunks",
         Request::CollectGarbage => "CollectGarbage",
         Request::TouchChunks { .. } => "TouchChunks",
+        Request::SetLocks { .. } => "SetLocks",
+        Request::TestLock { .. } => "TestLock",
+        Request::WaitLock { .. } => "WaitLock",
+        Request::RenewLease { .. } => "RenewLease",
     }
 }
 
